@@ -1,0 +1,3 @@
+from plaindet.cli import main
+
+main()

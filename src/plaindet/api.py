@@ -1,0 +1,25 @@
+"""The small public surface: load a saved detector."""
+
+from __future__ import annotations
+
+import os
+
+from plaindet.checkpoint import read_config, read_safetensors
+
+
+def load(path: str | os.PathLike, device: str = "cpu"):
+    """Rebuild a detector saved with ``Detector.save`` (or a training run's ``best``/``last`` file).
+
+    ``path`` is a ``.safetensors`` file or a folder holding ``model.safetensors``. Nothing but that
+    file is needed: the config travels in its header. No code is unpickled.
+    """
+    from pathlib import Path
+
+    from plaindet.models.detector import CHECKPOINT_FORMAT, detector_from_state
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    state, meta = read_safetensors(p)
+    config = read_config(meta, p, CHECKPOINT_FORMAT)
+    return detector_from_state(config, state).to(device)

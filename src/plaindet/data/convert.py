@@ -1,0 +1,240 @@
+"""``plaindet data convert``: write any readable dataset as COCO JSON or as a YOLO dataset.
+
+Every split is converted. The output is built in a hidden folder next to ``out`` and renamed to
+``out`` only when complete, so an interrupted conversion never leaves a half-written dataset; an
+existing ``out`` that is not empty is refused. Images are hard-linked when the file system allows
+it (no extra space; the output then shares the image files with the source, so editing one in
+place edits both) and copied otherwise.
+
+Layouts written (both read back by :func:`~plaindet.data.formats.load_dataset`):
+
+- ``coco``: ``out/annotations/{split}.json`` and ``out/images/{split}/``; keeps image ids, category
+  ids and names, ``iscrowd`` and areas; annotation ids are renumbered from 1 (sources without ids
+  have none to keep).
+- ``yolo``: ``out/data.yaml``, ``out/images/{split}/`` and ``out/labels/{split}/`` (one ``.txt`` per
+  image, empty for an image without objects); split keys are ``train``, ``val``, ``test`` (``valid``
+  and ``val2017`` become ``val``). YOLO cannot hold crowd regions (they are left out and counted),
+  object areas (box areas are used on reading), image ids (they become positions in sorted file
+  order) or category ids: those are kept in an extra ``category_ids`` list in ``data.yaml``, which
+  plaindet reads and other tools ignore.
+
+Image file names are kept; when two images of a split share a name (stem), the later one gets its
+image id appended (``photo_17.jpg``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from plaindet.data.formats import canonical_split, list_splits, load_dataset
+from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport, Sample
+
+TARGETS = ("coco", "yolo")
+
+
+@dataclass
+class SplitResult:
+    """What was written for one split, and what the source reader reported."""
+
+    name: str  # the split name written
+    source_name: str
+    images: int
+    boxes: int
+    crowd_dropped: int
+    report: LoadReport
+
+
+@dataclass
+class ConvertResult:
+    """The outcome of :func:`convert_dataset`: per-split counts and notes on what was not kept."""
+
+    out: Path
+    to: str
+    splits: list[SplitResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def source_errors(self) -> int:
+        return sum(len(s.report.errors) for s in self.splits)
+
+
+def convert_dataset(src: str | Path, to: str, out: str | Path) -> ConvertResult:
+    """Convert every split of the dataset at ``src`` to format ``to`` (``"coco"`` or ``"yolo"``) in ``out``.
+
+    Problems in the source are not fatal: what the reader could read is written, and each split's
+    :class:`SplitResult` carries the reader's report.
+
+    Raises:
+        DatasetError: ``to`` is unknown, ``out`` exists and is not empty, a split cannot be read, or
+            (to YOLO) a split has no ``train``/``val``/``test`` equivalent.
+    """
+    to = to.lower()
+    if to not in TARGETS:
+        raise DatasetError(f"unknown target format {to!r}; choose one of: {', '.join(TARGETS)}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(f"{out}: already exists and is not empty; choose a new folder (nothing was written)")
+    splits = list_splits(src)
+    names = _target_names(splits, to)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    result = ConvertResult(out, to)
+    try:
+        datasets = []
+        for source_name, name in zip(splits, names):
+            dataset = load_dataset(src, source_name)
+            datasets.append(dataset)
+            file_names = _unique_names(dataset)
+            _place_images(dataset, file_names, staging / "images" / name)
+            if to == "coco":
+                split = _write_coco_split(dataset, file_names, staging, name)
+            else:
+                split = _write_yolo_split(dataset, file_names, staging, name)
+            split.source_name = source_name
+            result.splits.append(split)
+        if to == "yolo":
+            _write_yolo_yaml(datasets, names, staging)
+            result.notes += _yolo_notes(datasets, result)
+        if out.exists():
+            out.rmdir()  # empty (checked above); rename cannot replace a folder
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _target_names(splits: list[str], to: str) -> list[str]:
+    if to == "coco":
+        return list(splits)
+    names = [canonical_split(s) for s in splits]
+    for source, name in zip(splits, names):
+        if name not in ("train", "val", "test"):
+            raise DatasetError(f"split {source!r} has no YOLO equivalent (data.yaml holds only train, val and test)")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"splits {', '.join(splits)} would share a YOLO split name; convert them separately")
+    return names
+
+
+def _unique_names(dataset: DetectionDataset) -> list[str]:
+    """An output file name per sample: its own name unless another image of the split has its stem.
+
+    Stems must be unique, not just names, because YOLO label files are named by stem (``a.jpg`` and
+    ``a.png`` would share ``a.txt``); compared case-insensitively for case-insensitive file systems.
+    """
+    names, taken = [], set()
+    for sample in dataset.samples:
+        stem, suffix = sample.image_path.stem, sample.image_path.suffix
+        name, n = f"{stem}{suffix}", 0
+        while Path(name).stem.lower() in taken:
+            n += 1
+            name = f"{stem}_{sample.image_id}{suffix}" if n == 1 else f"{stem}_{sample.image_id}_{n}{suffix}"
+        taken.add(Path(name).stem.lower())
+        names.append(name)
+    return names
+
+
+def _place_images(dataset: DetectionDataset, file_names: list[str], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for sample, name in zip(dataset.samples, file_names):
+        target = folder / name
+        try:
+            os.link(sample.image_path, target)
+        except OSError:  # another file system, or links not supported: copy instead
+            shutil.copy2(sample.image_path, target)
+
+
+def _write_coco_split(dataset: DetectionDataset, file_names: list[str], root: Path, name: str) -> SplitResult:
+    from plaindet.data.coco import coco_dict, write_coco_json
+
+    data = coco_dict(dataset, file_names)
+    (root / "annotations").mkdir(exist_ok=True)
+    write_coco_json(data, root / "annotations" / f"{name}.json")
+    return SplitResult(name, dataset.split, len(dataset), len(data["annotations"]), 0, dataset.report)
+
+
+def _write_yolo_split(dataset: DetectionDataset, file_names: list[str], root: Path, name: str) -> SplitResult:
+    from plaindet.data.yolo import label_text
+
+    folder = root / "labels" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    boxes = crowd = 0
+    for sample, file_name in zip(dataset.samples, file_names):
+        text, dropped = label_text(sample)
+        (folder / Path(file_name).with_suffix(".txt").name).write_text(text, encoding="utf-8")
+        boxes += len(sample.boxes) - dropped
+        crowd += dropped
+    return SplitResult(name, dataset.split, len(dataset), boxes, crowd, dataset.report)
+
+
+def _write_yolo_yaml(datasets: list[DetectionDataset], names: list[str], root: Path) -> None:
+    from plaindet.data.yolo import yaml_text
+
+    first = datasets[0]
+    for d in datasets[1:]:
+        if d.class_names != first.class_names or d.category_ids != first.category_ids:
+            raise DatasetError(
+                f"splits {first.split!r} and {d.split!r} have different class lists; a YOLO dataset has one"
+            )
+    splits = {name: f"images/{name}" for name in names}
+    (root / "data.yaml").write_text(yaml_text(splits, first.class_names, first.category_ids), encoding="utf-8")
+
+
+def _yolo_notes(datasets: list[DetectionDataset], result: ConvertResult) -> list[str]:
+    notes = []
+    crowd = sum(s.crowd_dropped for s in result.splits)
+    if crowd:
+        notes.append(f"{crowd} crowd boxes left out: YOLO labels have no crowd flag")
+    if any(_has_own_areas(s) for d in datasets for s in d.samples):
+        notes.append("object areas not kept: YOLO readers use box areas (COCO small/medium/large may shift)")
+    if any(s.image_id != i for d in datasets for i, s in enumerate(d.samples)):
+        notes.append("image ids not kept: YOLO image ids are positions in sorted file order")
+    if datasets and datasets[0].category_ids != list(range(datasets[0].num_classes)):
+        notes.append("category ids kept in data.yaml's 'category_ids' (read by plaindet, ignored by other tools)")
+    return notes
+
+
+def _has_own_areas(sample: Sample) -> bool:
+    """Whether the sample's areas differ from its box areas (COCO segmentation areas do)."""
+    if sample.areas is None:
+        return False
+    keep = ~sample.iscrowd  # crowd boxes are not written to YOLO anyway
+    boxes = sample.boxes[keep].astype(np.float64)
+    box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return not np.allclose(sample.areas[keep], box_areas, rtol=1e-4, atol=1e-2)
+
+
+def run_convert(src: str | Path, to: str, out: str | Path, *, console=None) -> int:
+    """Convert and print a summary; return 0, or 1 when nothing was written or the source had errors."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = console or Console()
+    try:
+        result = convert_dataset(src, to, out)
+    except DatasetError as e:
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        return 1
+    for s in result.splits:
+        renamed = f" (from {s.source_name})" if s.source_name != s.name else ""
+        problems = f"; source problems: {s.report.summary()}" if s.report.problems else ""
+        console.print(f"{s.name}{renamed}: {s.images} images, {s.boxes} boxes{problems}", highlight=False)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"wrote {result.to} dataset to {result.out}", highlight=False)
+    if result.source_errors:
+        console.print(
+            f"[bold red]{result.source_errors} errors in the source[/]: those images or boxes are not in the "
+            f"output; run `plaindet data check {src}` to see them",
+            highlight=False,
+        )
+        return 1
+    return 0

@@ -1,0 +1,277 @@
+"""Reading any supported dataset: format detection, split names, and the box rules every reader shares.
+
+:func:`load_dataset` is the one entry point: it recognizes the format of ``path`` and hands it to the
+reader (:mod:`plaindet.data.coco`, :mod:`plaindet.data.yolo`, :mod:`plaindet.data.voc`), which returns a
+:class:`~plaindet.data.sample.DetectionDataset` whose ``report`` lists everything that was repaired or
+skipped.
+
+Format detection (:func:`detect_format`)
+----------------------------------------
+- a ``.json`` file: COCO; a ``.yaml``/``.yml`` file: an Ultralytics YOLO dataset yaml;
+- a folder holding ``Annotations/`` (XML files): Pascal VOC;
+- a folder holding ``_annotations.coco.json``, or ``train/``, ``valid/``, ``test/`` folders that hold
+  one (a Roboflow COCO export), or ``.json`` files directly or in ``annotations/``: COCO;
+- a folder holding ``data.yaml`` (or exactly one ``.yaml`` file): YOLO.
+
+Split names
+-----------
+:func:`list_splits` returns the names the dataset itself uses (``"valid"`` for a Roboflow export,
+``"val2017"`` for ``instances_val2017.json``). :func:`load_dataset` accepts those names and also
+their common aliases: ``"val"``, ``"valid"`` and ``"validation"`` mean the same split, and a name may
+leave out a trailing year (``"val"`` finds ``"val2017"``) when that is unambiguous.
+
+Box rules (:class:`BoxBuilder`, used by every reader)
+-----------------------------------------------------
+- A box reaching outside the image is clipped to it, with a ``box_clipped`` warning. Overhangs up to
+  :data:`CLIP_TOLERANCE` px are rounding noise (normalized YOLO coordinates written with 6 digits, COCO
+  boxes with 2 decimals) and are clipped without a warning.
+- A box with zero or negative width or height after clipping (in ``float32``, the precision samples
+  keep) is dropped with a ``degenerate_box`` error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport, Sample
+
+FORMATS = ("coco", "yolo", "voc")
+
+# Box overhangs up to this many pixels are rounding, not labeling mistakes: clipped silently.
+CLIP_TOLERANCE = 0.5
+
+_VAL_ALIASES = {"val", "valid", "validation"}
+_YEAR = re.compile(r"[-_]?\d{4}$")
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of the dataset at ``path``: ``"coco"``, ``"yolo"`` or ``"voc"``.
+
+    Raises :class:`DatasetError` when ``path`` does not exist or holds nothing recognizable; the
+    message says what was looked for.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            return "coco"
+        if suffix in (".yaml", ".yml"):
+            return "yolo"
+        raise DatasetError(
+            f"{path}: not a dataset file; expected a COCO .json file, a YOLO dataset .yaml file, "
+            "or a dataset folder"
+        )
+    if (path / "Annotations").is_dir():
+        return "voc"
+    from plaindet.data import coco
+
+    if coco.find_coco_files(path):
+        return "coco"
+    if _find_yaml(path) is not None:
+        return "yolo"
+    raise DatasetError(
+        f"{path}: no dataset found in this folder; looked for a COCO .json file (here, in "
+        "annotations/, or Roboflow's train/valid/test/_annotations.coco.json), a YOLO data.yaml, "
+        "and a Pascal VOC Annotations/ folder"
+    )
+
+
+def _find_yaml(folder: Path) -> Path | None:
+    """The YOLO dataset yaml of a folder: ``data.yaml``/``dataset.yaml``, or its only ``.yaml`` file."""
+    for name in ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml"):
+        if (folder / name).is_file():
+            return folder / name
+    yamls = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".yaml", ".yml") and p.is_file())
+    return yamls[0] if len(yamls) == 1 else None
+
+
+def yaml_file(path: str | Path) -> Path:
+    """The dataset yaml that ``path`` (a yaml file, or a folder holding one) points at."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = _find_yaml(path)
+    if found is None:
+        raise DatasetError(f"{path}: no data.yaml in this folder (or more than one .yaml file)")
+    return found
+
+
+def list_splits(path: str | Path) -> list[str]:
+    """The split names present in the dataset at ``path``, as the dataset names them.
+
+    Order: ``train``, then validation, then test, then any other split alphabetically.
+    """
+    fmt = detect_format(path)
+    if fmt == "coco":
+        from plaindet.data.coco import list_coco_splits
+
+        return list_coco_splits(path)
+    if fmt == "yolo":
+        from plaindet.data.yolo import list_yolo_splits
+
+        return list_yolo_splits(path)
+    from plaindet.data.voc import list_voc_splits
+
+    return list_voc_splits(path)
+
+
+def load_dataset(path: str | Path, split: str = "train", *, check_images: bool = True) -> DetectionDataset:
+    """Read one split of the dataset at ``path``, whatever its format.
+
+    Args:
+        path: a COCO ``.json`` file or folder, a YOLO dataset ``.yaml`` (or its folder), or a Pascal
+            VOC folder. A single COCO ``.json`` file is one split, so ``split`` is not used for it.
+        split: the split to read; aliases are accepted (see the module docstring).
+        check_images: read each image's header to confirm that it opens and to take its size (a
+            truncated file with an intact header still passes; ``plaindet data check`` decodes every
+            image to find those). ``False`` trusts the sizes stored in COCO and VOC annotations and
+            only checks that the files exist; YOLO labels hold no sizes, so YOLO always reads headers.
+
+    Returns:
+        The dataset; ``dataset.report`` lists every box or image that was repaired or skipped.
+
+    Raises:
+        DatasetError: the dataset cannot be read at all (no such path, unknown split, malformed
+            JSON or YAML, duplicate image or category ids); the message names the file.
+    """
+    fmt = detect_format(path)
+    if fmt == "coco":
+        from plaindet.data.coco import load_coco
+
+        return load_coco(path, split, check_images=check_images)
+    if fmt == "yolo":
+        from plaindet.data.yolo import load_yolo
+
+        return load_yolo(path, split)
+    from plaindet.data.voc import load_voc
+
+    return load_voc(path, split, check_images=check_images)
+
+
+def canonical_split(name: str) -> str:
+    """A split name reduced for matching: lower case, ``valid``/``validation`` -> ``val``, no year."""
+    name = name.lower()
+    name = _YEAR.sub("", name) or name
+    return "val" if name in _VAL_ALIASES else name
+
+
+def split_order(name: str) -> tuple[int, str]:
+    """Sort key putting train first, then validation, then test, then the rest alphabetically."""
+    rank = {"train": 0, "val": 1, "test": 2}.get(canonical_split(name), 3)
+    return rank, name
+
+
+def match_split(requested: str, available: list[str], where: str | Path) -> str:
+    """The name in ``available`` that ``requested`` means (exactly, or by :func:`canonical_split`).
+
+    Raises :class:`DatasetError` naming ``where`` and the available splits when none or several match.
+    """
+    if requested in available:
+        return requested
+    matches = [name for name in available if canonical_split(name) == canonical_split(requested)]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(available) if available else "none"
+    if matches:
+        raise DatasetError(f"{where}: split {requested!r} is ambiguous: it could be {', '.join(matches)}")
+    raise DatasetError(f"{where}: no split {requested!r}; splits found: {listed}")
+
+
+class BoxBuilder:
+    """Collects one image's boxes while enforcing the :class:`Sample` contract.
+
+    Boxes are clipped to the image (warning ``box_clipped`` beyond :data:`CLIP_TOLERANCE`) and those
+    left with no area are dropped (error ``degenerate_box``); each problem is reported with ``file``
+    and the ``where`` given for the box (``"line 3"``, ``"annotation id 17"``).
+    """
+
+    def __init__(self, width: int, height: int, report: LoadReport, file: str | Path) -> None:
+        self.width, self.height = width, height
+        self.report, self.file = report, str(file)
+        self._boxes: list[tuple[float, float, float, float]] = []
+        self._labels: list[int] = []
+        self._crowd: list[bool] = []
+        self._areas: list[float] = []  # NaN where the dataset gave no area
+
+    def add(
+        self,
+        x1: float,
+        y1: float,
+        x2: float,
+        y2: float,
+        label: int,
+        *,
+        where: str,
+        crowd: bool = False,
+        area: float | None = None,
+    ) -> bool:
+        """Add the box ``x1, y1, x2, y2`` (absolute pixels); returns whether it was kept."""
+        if x2 <= x1 or y2 <= y1:
+            self.report.add(
+                "error", "degenerate_box", self.file, where,
+                f"box {_fmt_box(x1, y1, x2, y2)} has no area (width {x2 - x1:g}, height {y2 - y1:g}); dropped",
+            )  # fmt: skip
+            return False
+        cx1, cy1 = min(max(x1, 0.0), self.width), min(max(y1, 0.0), self.height)
+        cx2, cy2 = min(max(x2, 0.0), self.width), min(max(y2, 0.0), self.height)
+        box32 = np.array([cx1, cy1, cx2, cy2], dtype=np.float32)
+        # The contract is x1 < x2 in float32, which a sliver of a box can fail after rounding.
+        if not (box32[2] > box32[0] and box32[3] > box32[1]):
+            self.report.add(
+                "error", "degenerate_box", self.file, where,
+                f"box {_fmt_box(x1, y1, x2, y2)} lies outside the {self.width}x{self.height} image "
+                "(nothing left after clipping); dropped",
+            )  # fmt: skip
+            return False
+        overhang = max(-x1, -y1, x2 - self.width, y2 - self.height)
+        if overhang > CLIP_TOLERANCE:
+            self.report.add(
+                "warning", "box_clipped", self.file, where,
+                f"box {_fmt_box(x1, y1, x2, y2)} reaches outside the {self.width}x{self.height} image; "
+                f"clipped to {_fmt_box(*box32.tolist())}",
+            )  # fmt: skip
+        self._boxes.append(tuple(box32.tolist()))
+        self._labels.append(int(label))
+        self._crowd.append(bool(crowd))
+        self._areas.append(math.nan if area is None else float(area))
+        return True
+
+    def __len__(self) -> int:
+        return len(self._boxes)
+
+    def sample(self, image_path: str | Path, image_id: int) -> Sample:
+        """The :class:`Sample` holding the boxes kept so far.
+
+        ``areas`` is ``None`` when no box came with a dataset area; boxes without one get their box area.
+        """
+        boxes = np.array(self._boxes, dtype=np.float32).reshape(-1, 4)
+        areas = None
+        given = np.array(self._areas, dtype=np.float64)
+        if len(given) and not np.isnan(given).all():
+            box_area = (boxes[:, 2] - boxes[:, 0]).astype(np.float64) * (boxes[:, 3] - boxes[:, 1])
+            areas = np.where(np.isnan(given), box_area, given)
+        return Sample(
+            image_path=Path(image_path),
+            width=self.width,
+            height=self.height,
+            boxes=boxes,
+            labels=np.array(self._labels, dtype=np.int64),
+            image_id=image_id,
+            iscrowd=np.array(self._crowd, dtype=bool),
+            areas=areas,
+        )
+
+
+def _fmt_box(x1: float, y1: float, x2: float, y2: float) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in (x1, y1, x2, y2)) + "]"
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float from parsed JSON/YAML (``bool`` is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,197 @@
+"""Pascal VOC: a folder with ``Annotations/*.xml`` and ``JPEGImages/``, read into a DetectionDataset.
+
+Splits
+------
+``ImageSets/Main/{split}.txt`` lists the image ids (file stems) of each split. ``trainval`` is
+left out of :func:`list_voc_splits` when ``train`` and ``val`` both exist (it is their union). Without
+``ImageSets/Main``, every XML file belongs to one split, ``train``.
+
+Classes
+-------
+Unless ``class_names`` is given, the classes are the object names found in *all* XML files (not just
+the split's), sorted, so every split of a dataset gets the same class numbering.
+
+Boxes
+-----
+VOC pixel coordinates are 1-based and inclusive: a box covering the whole of a ``W x H`` image is
+``xmin=1, ymin=1, xmax=W, ymax=H``. It becomes ``(xmin - 1, ymin - 1, xmax, ymax)`` in the 0-based,
+exclusive convention samples use, so that box is ``(0, 0, W, H)``. Objects marked ``difficult`` are
+kept with ``iscrowd=True``: like COCO crowd regions they are ignored in evaluation (a detection on
+them is neither a true nor a false positive, which is what the VOC metric does with difficult
+objects) and skipped as training targets.
+
+Problems are reported in ``dataset.report``: ``malformed_xml`` and ``missing_annotation`` (image
+skipped), ``missing_image``, ``unreadable_image``, ``malformed_object`` and ``bad_class_id``
+(object skipped), ``degenerate_box``, ``box_clipped`` and ``size_mismatch``.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plaindet.data.formats import BoxBuilder, match_split, split_order
+from plaindet.data.images import IMAGE_SUFFIXES, ImageReadError, image_size
+from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport
+
+
+@dataclass
+class _Object:
+    name: str
+    box: tuple[float, float, float, float] | None  # 1-based VOC corners; None when malformed
+    difficult: bool
+    problem: str = ""
+
+
+@dataclass
+class _Annotation:
+    file: Path
+    filename: str = ""
+    size: tuple[int, int] | None = None
+    objects: list[_Object] = field(default_factory=list)
+    error: str = ""  # set when the XML cannot be parsed
+
+
+def _voc_root(path: str | Path) -> Path:
+    root = Path(path)
+    if not (root / "Annotations").is_dir():
+        raise DatasetError(f"{root}: not a Pascal VOC folder (no Annotations/ folder)")
+    return root
+
+
+def _split_files(root: Path) -> dict[str, Path]:
+    main = root / "ImageSets" / "Main"
+    if not main.is_dir():
+        return {}
+    # Main/ also holds per-class lists such as aeroplane_train.txt; splits have no underscore.
+    return {p.stem: p for p in sorted(main.glob("*.txt")) if "_" not in p.stem}
+
+
+def list_voc_splits(path: str | Path) -> list[str]:
+    """The splits of a VOC folder (``["train"]`` when it has no ``ImageSets/Main`` lists)."""
+    files = _split_files(_voc_root(path))
+    if not files:
+        return ["train"]
+    names = set(files)
+    if {"train", "val"} <= names:
+        names.discard("trainval")
+    return sorted(names, key=split_order)
+
+
+def _parse(file: Path) -> _Annotation:
+    ann = _Annotation(file)
+    try:
+        tree = ET.parse(file)
+    except ET.ParseError as e:
+        ann.error = f"malformed XML: {e}"  # the message names the line and column
+        return ann
+    except OSError as e:
+        ann.error = f"cannot read ({e})"
+        return ann
+    node = tree.getroot()
+    ann.filename = (node.findtext("filename") or "").strip()
+    try:
+        width, height = int(float(node.findtext("size/width", ""))), int(float(node.findtext("size/height", "")))
+        ann.size = (width, height) if width > 0 and height > 0 else None
+    except ValueError:
+        ann.size = None
+    for obj in node.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
+        try:
+            box = tuple(float(obj.findtext(f"bndbox/{k}", "")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            ann.objects.append(_Object(name, box, difficult, "" if name else "object has no <name>"))
+        except ValueError:
+            ann.objects.append(_Object(name, None, difficult, "<bndbox> needs numeric xmin, ymin, xmax, ymax"))
+    return ann
+
+
+def load_voc(
+    path: str | Path, split: str = "train", *, check_images: bool = True, class_names: list[str] | None = None
+) -> DetectionDataset:
+    """Read one split of a Pascal VOC folder (see the module docstring for the rules).
+
+    Args:
+        path: the folder holding ``Annotations/`` and ``JPEGImages/``.
+        split: a split listed in ``ImageSets/Main`` (aliases accepted), or ``"train"`` without lists.
+        check_images: read each image's header (size, readability); ``False`` trusts the XML's
+            ``<size>`` when it has one and only checks that the image exists.
+        class_names: the class list; objects with other names are reported as ``bad_class_id``.
+            Default: every object name in the dataset's XML files, sorted.
+    """
+    root = _voc_root(path)
+    report = LoadReport()
+    split_files = _split_files(root)
+    if split_files:
+        split = match_split(split, list(split_files), root / "ImageSets" / "Main")
+        list_file = split_files[split]
+        ids = sorted({line.split()[0] for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()})
+    else:
+        split = match_split(split, ["train"], root)
+        list_file = None
+        ids = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+
+    annotations = {p.stem: _parse(p) for p in sorted((root / "Annotations").glob("*.xml"))}
+    if class_names is None:
+        names = {obj.name for ann in annotations.values() for obj in ann.objects if obj.name}
+        class_names = sorted(names)
+    class_of = {name: k for k, name in enumerate(class_names)}
+
+    samples = []
+    for image_id, stem in enumerate(ids):
+        ann = annotations.get(stem)
+        if ann is None:
+            report.add("error", "missing_annotation", list_file, "", f"{stem!r} is listed but Annotations/{stem}.xml does not exist")
+            continue
+        if ann.error:
+            report.add("error", "malformed_xml", ann.file, "", f"{ann.error}; image skipped")
+            continue
+        image_path = _find_image(root, stem, ann.filename)
+        if image_path is None:
+            report.add("error", "missing_image", ann.file, "", f"image {ann.filename or stem!r} not found in {root / 'JPEGImages'}")
+            continue
+        size = _size(ann, image_path, report, check_images)
+        if size is None:
+            continue
+        builder = BoxBuilder(size[0], size[1], report, ann.file)
+        for n, obj in enumerate(ann.objects, start=1):
+            where = f"object {n}"
+            if obj.problem:
+                report.add("error", "malformed_object", ann.file, where, f"{obj.problem}; object skipped")
+                continue
+            if obj.name not in class_of:
+                report.add("error", "bad_class_id", ann.file, where, f"class {obj.name!r} is not in the class list; box dropped")
+                continue
+            x1, y1, x2, y2 = obj.box
+            builder.add(x1 - 1, y1 - 1, x2, y2, class_of[obj.name], where=where, crowd=obj.difficult)
+        samples.append(builder.sample(image_path, image_id))
+    return DetectionDataset(samples, class_names, root=root, split=split, report=report, format="voc")
+
+
+def _find_image(root: Path, stem: str, filename: str) -> Path | None:
+    folder = root / "JPEGImages"
+    if filename and (folder / filename).is_file():
+        return folder / filename
+    # <filename> is sometimes stale (renamed images); the id names the image too.
+    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+        if (folder / (stem + suffix)).is_file():
+            return folder / (stem + suffix)
+    return None
+
+
+def _size(ann: _Annotation, image_path: Path, report: LoadReport, check_images: bool) -> tuple[int, int] | None:
+    if ann.size is not None and not check_images:
+        return ann.size
+    try:
+        actual = image_size(image_path)
+    except ImageReadError as e:
+        report.add("error", "unreadable_image", image_path, "", f"{e}; image skipped")
+        return None
+    if ann.size is not None and ann.size != actual:
+        report.add(
+            "warning", "size_mismatch", ann.file, "",
+            f"<size> says {ann.size[0]}x{ann.size[1]} but {image_path.name} is {actual[0]}x{actual[1]} as "
+            "displayed (after EXIF orientation); using the image's size",
+        )  # fmt: skip
+    return actual

@@ -1,0 +1,1 @@
+"""Training, evaluation, checkpoints and distributed helpers. Import the submodule you need."""

@@ -1,0 +1,139 @@
+"""Training losses of the dense one-to-one detector (kept apart from the model, so export stays clean)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from plaindet.ops.boxes import generalized_box_iou
+from plaindet.ops.losses import focal_cost, sigmoid_focal_loss
+from plaindet.ops.matching import min_cost_assignment
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the matching cost and of the loss; OneNet uses the same ones for both."""
+
+    cls: float = 2.0
+    l1: float = 5.0
+    giou: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+class OneToOneCriterion(nn.Module):
+    """OneNet's training objective, with an optional one-to-many auxiliary branch.
+
+    One-to-one: each ground-truth box goes to the single prediction of minimum cost
+    ``cls * focal_cost + l1 * L1(normalized boxes) - giou * GIoU`` over all locations of all levels
+    (unique: a minimum-cost bipartite assignment). Matched predictions learn the class and box;
+    every other prediction learns background through the focal loss.
+
+    One-to-many (only if ``outputs`` has ``"aux"``, YOLOv10's dual assignment): the auxiliary head's
+    ``topk`` cheapest predictions per object, among locations whose center lies inside the box, are all
+    positives. This dense supervision speeds up learning of the shared backbone and neck; the auxiliary
+    head is dropped at inference.
+
+    ``outputs``: the head's dict (``logits (B, L, K)``, ``boxes (B, L, 4)`` xyxy pixels, ``centers``).
+    ``targets``: per image a dict with ``boxes (N, 4)`` xyxy pixels, ``labels (N,)`` int64 and
+    ``size`` ``(h, w)`` of the input image (box L1 terms are normalized by it).
+    Returns a dict of scalar losses; ``loss`` is their weighted sum.
+    """
+
+    def __init__(self, num_classes: int, weights: LossWeights = LossWeights(), aux_topk: int = 8) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.w = weights
+        self.aux_topk = aux_topk
+
+    def _costs(self, logits: Tensor, boxes: Tensor, tgt: dict) -> tuple[Tensor, Tensor]:
+        """``(L, N)`` matching cost and ``(L, N)`` GIoU for one image."""
+        h, w = (float(v) for v in tgt["size"])
+        scale = boxes.new_tensor([w, h, w, h])
+        gt_boxes = tgt["boxes"].to(boxes)
+        cost_cls = focal_cost(logits, self.w.focal_alpha, self.w.focal_gamma)[:, tgt["labels"]]
+        cost_l1 = torch.cdist(boxes / scale, gt_boxes / scale, p=1)
+        giou = generalized_box_iou(boxes, gt_boxes)
+        return self.w.cls * cost_cls + self.w.l1 * cost_l1 - self.w.giou * giou, giou
+
+    @torch.no_grad()
+    def match(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
+        """One-to-one: per image ``(pred_idx, gt_idx)``, each prediction and object used once."""
+        result = []
+        for logits, boxes, tgt in zip(outputs["logits"], outputs["boxes"].float(), targets):
+            if len(tgt["labels"]) == 0:
+                empty = torch.empty(0, dtype=torch.int64, device=logits.device)
+                result.append((empty, empty))
+                continue
+            cost, _ = self._costs(logits, boxes, tgt)
+            result.append(min_cost_assignment(cost))
+        return result
+
+    @torch.no_grad()
+    def match_many(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
+        """One-to-many: per image ``(pred_idx, gt_idx)``; a prediction claimed twice goes to the cheaper object."""
+        result = []
+        centers = outputs["centers"]
+        for logits, boxes, tgt in zip(outputs["logits"], outputs["boxes"].float(), targets):
+            n = len(tgt["labels"])
+            if n == 0:
+                empty = torch.empty(0, dtype=torch.int64, device=logits.device)
+                result.append((empty, empty))
+                continue
+            cost, _ = self._costs(logits, boxes, tgt)
+            gt = tgt["boxes"].to(boxes)
+            inside = (
+                (centers[:, None, 0] > gt[None, :, 0])
+                & (centers[:, None, 0] < gt[None, :, 2])
+                & (centers[:, None, 1] > gt[None, :, 1])
+                & (centers[:, None, 1] < gt[None, :, 3])
+            )
+            # Locations outside a box may still be chosen for tiny boxes with no center inside.
+            cost = cost + (~inside) * 1e4
+            k = min(self.aux_topk, cost.shape[0])
+            top = cost.topk(k, dim=0, largest=False).indices  # (k, N)
+            claimed = torch.zeros_like(cost, dtype=torch.bool)
+            claimed.scatter_(0, top, True)
+            masked = cost.masked_fill(~claimed, float("inf"))
+            best_cost, best_gt = masked.min(dim=1)
+            pred_idx = torch.nonzero(torch.isfinite(best_cost)).squeeze(1)
+            result.append((pred_idx, best_gt[pred_idx]))
+        return result
+
+    def _branch_loss(self, outputs: dict, targets: list[dict], indices: list[tuple[Tensor, Tensor]], num_boxes: float) -> dict[str, Tensor]:
+        logits, boxes = outputs["logits"], outputs["boxes"].float()
+        b_idx = torch.cat([torch.full_like(p, i) for i, (p, _) in enumerate(indices)])
+        p_idx = torch.cat([p for p, _ in indices])
+        cls_target = torch.zeros_like(logits, dtype=torch.float32)
+        labels = torch.cat([t["labels"][g] for t, (_, g) in zip(targets, indices)])
+        cls_target[b_idx, p_idx, labels] = 1.0
+        loss_cls = sigmoid_focal_loss(logits, cls_target, self.w.focal_alpha, self.w.focal_gamma) / num_boxes
+        if len(p_idx) == 0:
+            zero = boxes.sum() * 0.0
+            return {"cls": loss_cls, "l1": zero, "giou": zero}
+        src = boxes[b_idx, p_idx]
+        tgt = torch.cat([t["boxes"][g] for t, (_, g) in zip(targets, indices)]).to(src)
+        scale = torch.cat([src.new_tensor([float(t["size"][1]), float(t["size"][0])] * 2).expand(len(g), 4) for t, (_, g) in zip(targets, indices)])
+        loss_l1 = (src / scale - tgt / scale).abs().sum() / num_boxes
+        loss_giou = (1 - generalized_box_iou(src, tgt, pairwise=False)).sum() / num_boxes
+        return {"cls": loss_cls, "l1": loss_l1, "giou": loss_giou}
+
+    def forward(self, outputs: dict, targets: list[dict], num_boxes: float | None = None) -> dict[str, Tensor]:
+        """``num_boxes``: objects in the global batch (sum over processes in distributed training)."""
+        if num_boxes is None:
+            num_boxes = float(sum(len(t["labels"]) for t in targets))
+        num_boxes = max(float(num_boxes), 1.0)
+        parts = self._branch_loss(outputs, targets, self.match(outputs, targets), num_boxes)
+        losses = {f"loss_{k}": v for k, v in parts.items()}
+        total = self.w.cls * parts["cls"] + self.w.l1 * parts["l1"] + self.w.giou * parts["giou"]
+        if "aux" in outputs:
+            aux = outputs["aux"]
+            indices = self.match_many(aux, targets)
+            n_aux = max(float(sum(len(p) for p, _ in indices)), 1.0)
+            aux_parts = self._branch_loss(aux, targets, indices, n_aux)
+            losses.update({f"loss_aux_{k}": v for k, v in aux_parts.items()})
+            total = total + self.w.cls * aux_parts["cls"] + self.w.l1 * aux_parts["l1"] + self.w.giou * aux_parts["giou"]
+        losses["loss"] = total
+        return losses

@@ -1,0 +1,1 @@
+"""Pure tensor math shared by every model: boxes, matching, losses, post-processing."""

@@ -1,0 +1,38 @@
+"""Detection losses as plain functions of tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Summed focal loss (Lin et al. 2017) of independent sigmoid classifiers.
+
+    ``logits`` and ``targets`` have the same shape; ``targets`` in [0, 1] (soft targets allowed).
+    Computed in float32: under bf16 autocast the ``(1 - p) ** gamma`` term loses the small values
+    that the loss is all about.
+    """
+    logits, targets = logits.float(), targets.float()
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss.sum()
+
+
+def focal_cost(logits: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Per-class matching cost of labeling each prediction positive: focal(positive) - focal(negative).
+
+    ``logits``: ``(..., K)``; returns the same shape. Lower is better. This is the classification
+    term of OneNet's and Deformable DETR's matching cost: it charges what the focal loss would charge
+    for calling the prediction foreground, minus what it would charge for leaving it background.
+    """
+    p = logits.float().sigmoid()
+    eps = 1e-8
+    pos = alpha * (1 - p) ** gamma * (-(p + eps).log())
+    neg = (1 - alpha) * p**gamma * (-(1 - p + eps).log())
+    return pos - neg

@@ -1,0 +1,132 @@
+"""Shared fixtures that write small datasets into ``tmp_path``. Fixtures only; no test helpers here.
+
+Each ``make_*`` fixture returns a function, so a test describes exactly the dataset it needs.
+Tests never depend on files outside ``tmp_path`` (a fresh clone has no shared data folder).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+
+@pytest.fixture
+def make_image():
+    """``make_image(path, width=64, height=48, orientation=None, mode="RGB") -> Path``.
+
+    Writes an image in the format of ``path``'s suffix (.jpg, .png, .webp, .bmp) with a white
+    square in its stored top-left corner (so orientation tests can find it), and an EXIF
+    orientation tag when ``orientation`` is given.
+    """
+
+    def make(path, width: int = 64, height: int = 48, orientation: int | None = None, mode: str = "RGB") -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.full((height, width, 3), 60, dtype=np.uint8)
+        pixels[: height // 4, : width // 4] = 255
+        img = Image.fromarray(pixels).convert(mode)
+        kwargs = {}
+        if orientation is not None:
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            kwargs["exif"] = exif.tobytes()
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            kwargs["quality"] = 95
+        img.save(path, **kwargs)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def make_yolo(tmp_path, make_image):
+    """``make_yolo(splits, names=("cat", "dog"), root=tmp_path / "yolo", extra=None) -> Path`` (the yaml).
+
+    ``splits`` maps a split key to ``{image name: (width, height, label text or None)}``; ``None``
+    writes no label file. Images go to ``root/images/{split}/``, labels to ``root/labels/{split}/``,
+    and ``root/data.yaml`` names the splits; ``extra`` adds or overrides yaml keys.
+    """
+
+    def make(splits: dict, names=("cat", "dog"), root: Path | None = None, extra: dict | None = None) -> Path:
+        root = Path(root or tmp_path / "yolo")
+        for split, images in splits.items():
+            for name, (width, height, labels) in images.items():
+                make_image(root / "images" / split / name, width, height)
+                if labels is not None:
+                    label = root / "labels" / split / (Path(name).stem + ".txt")
+                    label.parent.mkdir(parents=True, exist_ok=True)
+                    label.write_text(labels)
+        data = {split: f"images/{split}" for split in splits}
+        data["names"] = list(names) if not isinstance(names, dict) else names
+        data.update(extra or {})
+        (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        return root / "data.yaml"
+
+    return make
+
+
+@pytest.fixture
+def make_coco(tmp_path, make_image):
+    """``make_coco(images, annotations, categories, file=..., image_dir=None) -> Path`` (the JSON).
+
+    ``images`` are COCO image dicts; each gets an image file of its ``width``/``height`` (default
+    64x48) in ``image_dir`` (default: next to the JSON) unless it has ``"_no_file": True``.
+    ``file`` defaults to ``tmp_path / "coco/train/_annotations.coco.json"`` (Roboflow layout).
+    """
+
+    def make(images, annotations, categories, file: Path | None = None, image_dir: Path | None = None) -> Path:
+        file = Path(file or tmp_path / "coco" / "train" / "_annotations.coco.json")
+        folder = Path(image_dir or file.parent)
+        written = []
+        for img in images:
+            img = dict(img)
+            if not img.pop("_no_file", False):
+                make_image(folder / img["file_name"], img.get("width", 64), img.get("height", 48))
+            written.append(img)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps({"images": written, "annotations": annotations, "categories": categories}))
+        return file
+
+    return make
+
+
+@pytest.fixture
+def make_voc(tmp_path, make_image):
+    """``make_voc(images, splits=None, root=tmp_path / "voc") -> Path`` (the VOC folder).
+
+    ``images`` maps an id to ``(width, height, objects)`` where ``objects`` is a list of
+    ``(name, xmin, ymin, xmax, ymax, difficult)`` in VOC's 1-based pixels, or to a string written
+    as the XML file as is. ``splits`` maps a split name to ids for ``ImageSets/Main/{split}.txt``.
+    """
+
+    def make(images: dict, splits: dict | None = None, root: Path | None = None) -> Path:
+        root = Path(root or tmp_path / "voc")
+        (root / "Annotations").mkdir(parents=True, exist_ok=True)
+        for image_id, spec in images.items():
+            if isinstance(spec, str):
+                make_image(root / "JPEGImages" / f"{image_id}.jpg")
+                (root / "Annotations" / f"{image_id}.xml").write_text(spec)
+                continue
+            width, height, objects = spec
+            make_image(root / "JPEGImages" / f"{image_id}.jpg", width, height)
+            xml_objects = "".join(
+                f"<object><name>{name}</name><difficult>{int(difficult)}</difficult><bndbox><xmin>{x1}</xmin>"
+                f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+                for name, x1, y1, x2, y2, difficult in objects
+            )
+            (root / "Annotations" / f"{image_id}.xml").write_text(
+                f"<annotation><filename>{image_id}.jpg</filename><size><width>{width}</width>"
+                f"<height>{height}</height><depth>3</depth></size>{xml_objects}</annotation>"
+            )
+        for split, ids in (splits or {}).items():
+            main = root / "ImageSets" / "Main"
+            main.mkdir(parents=True, exist_ok=True)
+            (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        return root
+
+    return make
