@@ -265,3 +265,31 @@ def test_voc_without_imagesets_is_one_train_split(make_voc):
     assert list_splits(root) == ["train"]
     ds = load_dataset(root)
     assert [s.image_path.name for s in ds] == ["a.jpg", "b.jpg"] and [s.image_id for s in ds] == [0, 1]
+
+
+def test_yolo_roboflow_export(tmp_path, make_image):
+    # Roboflow: data.yaml beside train/ and valid/, with '../train/images' paths (Ultralytics drops '../').
+    root = tmp_path / "export"
+    for split in ("train", "valid"):
+        make_image(root / split / "images" / "a.jpg")
+        (root / split / "labels").mkdir(parents=True)
+        (root / split / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (root / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\nnc: 1\nnames: ['thing']\nroboflow:\n  version: 1\n"
+    )
+    (root / "classes.json").write_text("{}")  # a stray .json must not make this look like COCO
+    assert detect_format(root) == "yolo"
+    ds = load_dataset(root, "valid")
+    assert len(ds) == 1 and len(ds[0].boxes) == 1 and not ds.report.problems
+
+
+def test_coco_windows_file_names_and_single_split_folder(tmp_path, make_coco):
+    file = make_coco(
+        [{"id": 1, "file_name": "sub\\a.jpg", "_no_file": True}],
+        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        CATS,
+    )
+    make_coco([{"id": 1, "file_name": "a.jpg"}], [], CATS, file=tmp_path / "x.json", image_dir=file.parent / "sub")
+    # A folder holding its own _annotations.coco.json is one split, whatever split is asked for.
+    ds = load_dataset(file.parent, "val")
+    assert ds.split == "train" and ds[0].image_path == file.parent / "sub" / "a.jpg"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plaindet.data.formats import detect_format, list_splits, load_dataset
+from plaindet.data.formats import detect_format, image_problem, list_splits, load_dataset
 from plaindet.data.images import ImageReadError, read_image
 from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport
 
@@ -94,7 +94,6 @@ def split_stats(dataset: DetectionDataset) -> SplitStats:
         widths.append(w)
         heights.append(h)
         areas.append(s.areas[keep] if s.areas is not None else w * h)
-    cat = lambda parts: np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)  # noqa: E731
     return SplitStats(
         images=len(dataset),
         boxes=int(sum(len(s.boxes) for s in dataset.samples)),
@@ -102,11 +101,15 @@ def split_stats(dataset: DetectionDataset) -> SplitStats:
         crowd=crowd,
         boxes_per_class=boxes_per_class.tolist(),
         images_per_class=images_per_class.tolist(),
-        widths=cat(widths),
-        heights=cat(heights),
-        areas=cat(areas),
+        widths=_concat(widths),
+        heights=_concat(heights),
+        areas=_concat(areas),
         image_sizes=sizes,
     )
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
 
 def decode_images(dataset: DetectionDataset, report: LoadReport, *, workers: int | None = None) -> None:
@@ -120,7 +123,7 @@ def decode_images(dataset: DetectionDataset, report: LoadReport, *, workers: int
         try:
             read_image(path)
         except ImageReadError as e:
-            return str(e)
+            return image_problem(e, path)
         return ""
 
     workers = workers or min(8, os.cpu_count() or 1)
@@ -130,26 +133,26 @@ def decode_images(dataset: DetectionDataset, report: LoadReport, *, workers: int
                 report.add("error", "unreadable_image", path, "", f"{message} (found by decoding the whole image)")
 
 
-def check_dataset(path: str | Path, splits: list[str] | None = None, *, decode: bool = True) -> list[SplitCheck]:
-    """Read (and with ``decode``, fully decode) each split; one :class:`SplitCheck` per split.
+def check_split(path: str | Path, split: str, *, decode: bool = True) -> SplitCheck:
+    """Read one split (and with ``decode``, decode every image); a split that cannot be read at all
+    gives a :class:`SplitCheck` with ``error`` set instead of raising."""
+    try:
+        dataset = load_dataset(path, split)
+    except DatasetError as e:
+        return SplitCheck(split, None, LoadReport(), error=str(e))
+    report = LoadReport()
+    report.extend(dataset.report)
+    if decode:
+        decode_images(dataset, report)
+    return SplitCheck(dataset.split or split, dataset, report)
 
-    Raises :class:`DatasetError` when ``path`` is not a dataset at all; a split that cannot be read
-    gives a :class:`SplitCheck` with ``error`` set, so the other splits are still checked.
+
+def check_dataset(path: str | Path, splits: list[str] | None = None, *, decode: bool = True) -> list[SplitCheck]:
+    """:func:`check_split` for each of ``splits`` (default: every split of the dataset).
+
+    Raises :class:`DatasetError` when ``path`` is not a dataset at all.
     """
-    names = list(splits) if splits else list_splits(path)
-    checks = []
-    for name in names:
-        try:
-            dataset = load_dataset(path, name)
-        except DatasetError as e:
-            checks.append(SplitCheck(name, None, LoadReport(), error=str(e)))
-            continue
-        report = LoadReport()
-        report.extend(dataset.report)
-        if decode:
-            decode_images(dataset, report)
-        checks.append(SplitCheck(dataset.split or name, dataset, report))
-    return checks
+    return [check_split(path, name, decode=decode) for name in (list(splits) if splits else list_splits(path))]
 
 
 def run_check(
@@ -157,15 +160,21 @@ def run_check(
 ) -> int:
     """Print the check report of the dataset at ``path``; return 1 when any error was found, else 0."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = console or Console()
     try:
         fmt = detect_format(path)
-        checks = check_dataset(path, splits)
+        names = list(splits) if splits else list_splits(path)
     except DatasetError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return 1
-    console.print(f"[bold]{path}[/] ({fmt}): splits {', '.join(c.split for c in checks)}", highlight=False)
+    checks = []
+    for name in names:
+        # Decoding every image of a large split takes a while: show what is going on.
+        with console.status(f"checking {name}: reading labels and decoding every image"):
+            checks.append(check_split(path, name))
+    console.print(f"[bold]{escape(str(path))}[/] ({fmt}): splits {', '.join(c.split for c in checks)}", highlight=False)
     console.print(_overview(checks))
     for check in checks:
         _print_split(console, check, max_problems)
@@ -194,16 +203,17 @@ def _overview(checks: list[SplitCheck]):
         table.add_row(
             c.split, str(s.images), str(s.boxes), str(s.negatives), str(s.crowd), str(c.dataset.num_classes),
             errors, str(counts["warning"]), str(counts["info"]),
-        )  # fmt: skip
+        )
     return table
 
 
 def _print_split(console, check: SplitCheck, max_problems: int) -> None:
+    from rich.markup import escape
     from rich.rule import Rule
 
     console.print(Rule(f"[bold]{check.split}", align="left"))
     if check.dataset is None:
-        console.print(f"[bold red]error:[/] {check.error}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(check.error)}", highlight=False)
         return
     stats = check.stats
     common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in stats.image_sizes.most_common(3))
@@ -211,7 +221,9 @@ def _print_split(console, check: SplitCheck, max_problems: int) -> None:
     console.print(f"image sizes: {common or '-'}{more}", highlight=False)
     if len(stats.widths):
         small, medium, large = stats.size_ranges
-        console.print(f"box sizes in px (crowd boxes excluded); COCO sizes by area: small {small}, medium {medium}, large {large}")
+        console.print(
+            f"box sizes in px (crowd boxes excluded); COCO sizes by area: small {small}, medium {medium}, large {large}"
+        )
         console.print(_size_table(stats))
     console.print("boxes per class (images with the class in parentheses)")
     console.print(_class_table(check.dataset, stats, console.width))
@@ -232,6 +244,7 @@ def _size_table(stats: SplitStats):
 
 def _class_table(dataset: DetectionDataset, stats: SplitStats, width: int):
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     k = dataset.num_classes
@@ -250,7 +263,7 @@ def _class_table(dataset: DetectionDataset, stats: SplitStats, width: int):
             if i < k:
                 boxes = stats.boxes_per_class[i]
                 count = f"{boxes} ({stats.images_per_class[i]})" if boxes else "[red]0[/]"
-                cells += [str(dataset.category_ids[i]), dataset.class_names[i], count]
+                cells += [str(dataset.category_ids[i]), escape(dataset.class_names[i]), count]
             else:
                 cells += ["", "", ""]
         table.add_row(*cells)
@@ -276,6 +289,6 @@ def _print_problems(console, report: LoadReport, max_problems: int) -> None:
         console.print(
             f"  [{style}]{p.severity}[/] {p.kind}: {escape(location)}: {escape(p.message)}",
             highlight=False, soft_wrap=True,
-        )  # fmt: skip
+        )
     if len(ordered) > max_problems:
         console.print(f"  ... and {len(ordered) - max_problems} more (all counted above; --max-problems to list more)")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plaindet.data.formats import BoxBuilder, is_number, match_split, split_order
+from plaindet.data.formats import BoxBuilder, image_problem, is_number, match_split, split_order
 from plaindet.data.images import ImageReadError, image_size
 from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport
 
@@ -97,7 +97,7 @@ def read_coco_json(file: str | Path) -> dict:
             "an annotation file; is this really a COCO annotation file?"
         )
     try:
-        with open(file, encoding="utf-8") as f:
+        with open(file, encoding="utf-8-sig") as f:  # tolerate a byte-order mark
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{file}: line {e.lineno}, column {e.colno}: not valid JSON: {e.msg}") from None
@@ -131,14 +131,23 @@ def _categories(data: dict, file: Path) -> tuple[list[int], list[str]]:
 
 def _image_roots(file: Path, split: str) -> list[Path]:
     here = file.parent
-    return [here, here.parent / "images" / split, here.parent / split, here.parent / "images", here.parent, here / "images"]
+    roots = [
+        here,
+        here.parent / "images" / split,
+        here.parent / split,
+        here.parent / "images",
+        here.parent,
+        here / "images",
+    ]
+    return list(dict.fromkeys(roots))  # Roboflow's split folder is both here and here.parent / split
 
 
 def load_coco(path: str | Path, split: str = "train", *, check_images: bool = True) -> DetectionDataset:
     """Read one split of a COCO dataset (see the module docstring for the rules).
 
     Args:
-        path: a COCO ``.json`` file (then ``split`` is not used) or a folder holding them.
+        path: a COCO ``.json`` file or a folder holding them. A single file (or a folder holding
+            ``_annotations.coco.json`` itself) is one split, so ``split`` is not used for it.
         split: split name or alias (``"val"`` finds ``valid`` and ``val2017``).
         check_images: read each image's header (size, readability); ``False`` trusts the JSON's
             ``width`` and ``height`` and only checks that each file exists.
@@ -147,7 +156,7 @@ def load_coco(path: str | Path, split: str = "train", *, check_images: bool = Tr
     files = find_coco_files(path)
     if not files:
         raise DatasetError(f"{path}: no COCO annotation file found")
-    if path.is_file():
+    if path.is_file() or (path / ROBOFLOW_FILE).is_file():
         (split, file), = files.items()
     else:
         split = match_split(split, list(files), path)
@@ -205,7 +214,7 @@ def _read_images(
 
 
 def _find_image(file_name: str, roots: list[Path]) -> Path | None:
-    candidate = Path(file_name)
+    candidate = Path(file_name.replace("\\", "/"))  # exports made on Windows may use backslashes
     if candidate.is_absolute():
         return candidate if candidate.is_file() else None
     for i, root in enumerate(roots):
@@ -227,14 +236,15 @@ def _image_size(
     try:
         actual = image_size(image_path)
     except ImageReadError as e:
-        report.add("error", "unreadable_image", image_path, "", f"{e} ({where} in {file.name}); image skipped")
+        reason = image_problem(e, image_path)
+        report.add("error", "unreadable_image", image_path, "", f"{reason} ({where} in {file.name}); image skipped")
         return None
     if stored is not None and (int(w), int(h)) != actual:
         report.add(
             "warning", "size_mismatch", file, where,
             f"JSON says {int(w)}x{int(h)} but {image_path.name} is {actual[0]}x{actual[1]} as displayed "
             "(after EXIF orientation); using the image's size",
-        )  # fmt: skip
+        )
     return actual
 
 
@@ -248,16 +258,21 @@ def _read_annotations(
             continue
         ann_id = ann.get("id")
         where = f"annotation id {ann_id}" if ann_id is not None else f"annotations[{i}]"
-        if ann_id is not None:
+        if isinstance(ann_id, (int, str)):
             seen_ids[ann_id] += 1
             if seen_ids[ann_id] == 2:
                 report.add(
                     "warning", "duplicate_annotation_id", file, where,
                     f"annotation id {ann_id!r} is used more than once; all are kept",
-                )  # fmt: skip
+                )
         image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
+        if type(image_id) is not int or type(category_id) is not int:
+            message = f"'image_id' and 'category_id' must be integers, got {image_id!r:.40} and {category_id!r:.40}"
+            report.add("error", "malformed_annotation", file, where, message)
+            continue
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
-            report.add("error", "malformed_annotation", file, where, f"'bbox' must be 4 finite numbers, got {bbox!r:.80}")
+            message = f"'bbox' must be 4 finite numbers, got {bbox!r:.80}"
+            report.add("error", "malformed_annotation", file, where, message)
             continue
         area = ann.get("area")
         if area is not None and not (is_number(area) and area >= 0):
@@ -268,13 +283,14 @@ def _read_annotations(
             report.add("error", "malformed_annotation", file, where, f"'iscrowd' must be 0 or 1, got {crowd!r:.40}")
             continue
         if image_id not in builders:
-            report.add("error", "unknown_image_id", file, where, f"image_id {image_id!r} is not in 'images'; box dropped")
+            message = f"image_id {image_id!r} is not in 'images'; box dropped"
+            report.add("error", "unknown_image_id", file, where, message)
             continue
         if category_id not in class_of:
             report.add(
                 "error", "bad_class_id", file, where,
                 f"category_id {category_id!r} is not in 'categories'; box dropped",
-            )  # fmt: skip
+            )
             continue
         builder = builders[image_id]
         if builder is None:
@@ -290,7 +306,7 @@ def short_float(value: float) -> float:
     """``value`` rounded to the shortest decimal that reads back as the same ``float32``.
 
     Samples hold ``float32`` boxes; writing the shortest such decimal keeps files readable
-    (``12.3``, not ``12.300000190734863``) and loses nothing when read back.
+    (``12.3``, not ``12.300000190734863``) and loses nothing at ``float32`` precision.
     """
     return float(str(np.float32(value)))
 
@@ -302,7 +318,8 @@ def coco_dict(dataset: DetectionDataset, file_names: list[str]) -> dict:
     """
     images, annotations = [], []
     for sample, file_name in zip(dataset.samples, file_names, strict=True):
-        images.append({"id": int(sample.image_id), "file_name": file_name, "width": int(sample.width), "height": int(sample.height)})
+        size = {"width": int(sample.width), "height": int(sample.height)}
+        images.append({"id": int(sample.image_id), "file_name": file_name, **size})
         for j, (box, label) in enumerate(zip(sample.boxes, sample.labels)):
             x1, y1, x2, y2 = (float(v) for v in box)
             area = float(sample.areas[j]) if sample.areas is not None else (x2 - x1) * (y2 - y1)
@@ -313,7 +330,7 @@ def coco_dict(dataset: DetectionDataset, file_names: list[str]) -> dict:
                 "bbox": [short_float(x1), short_float(y1), short_float(x2 - x1), short_float(y2 - y1)],
                 "area": short_float(area),
                 "iscrowd": int(sample.iscrowd[j]),
-            })  # fmt: skip
+            })
     categories = [
         {"id": int(cid), "name": name, "supercategory": ""}
         for cid, name in zip(dataset.category_ids, dataset.class_names)

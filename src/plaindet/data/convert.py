@@ -98,7 +98,6 @@ def convert_dataset(src: str | Path, to: str, out: str | Path) -> ConvertResult:
                 split = _write_coco_split(dataset, file_names, staging, name)
             else:
                 split = _write_yolo_split(dataset, file_names, staging, name)
-            split.source_name = source_name
             result.splits.append(split)
         if to == "yolo":
             _write_yolo_yaml(datasets, names, staging)

@@ -9,9 +9,10 @@ Format detection (:func:`detect_format`)
 ----------------------------------------
 - a ``.json`` file: COCO; a ``.yaml``/``.yml`` file: an Ultralytics YOLO dataset yaml;
 - a folder holding ``Annotations/`` (XML files): Pascal VOC;
+- a folder holding ``data.yaml`` (or ``dataset.yaml``): YOLO;
 - a folder holding ``_annotations.coco.json``, or ``train/``, ``valid/``, ``test/`` folders that hold
   one (a Roboflow COCO export), or ``.json`` files directly or in ``annotations/``: COCO;
-- a folder holding ``data.yaml`` (or exactly one ``.yaml`` file): YOLO.
+- a folder holding exactly one ``.yaml`` file: YOLO.
 
 Split names
 -----------
@@ -45,6 +46,7 @@ FORMATS = ("coco", "yolo", "voc")
 CLIP_TOLERANCE = 0.5
 
 _VAL_ALIASES = {"val", "valid", "validation"}
+_YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
 _YEAR = re.compile(r"[-_]?\d{4}$")
 
 
@@ -69,6 +71,9 @@ def detect_format(path: str | Path) -> str:
         )
     if (path / "Annotations").is_dir():
         return "voc"
+    # A data.yaml is explicit; loose .json files next to it may be anything (class maps, metadata).
+    if any((path / name).is_file() for name in _YAML_NAMES):
+        return "yolo"
     from plaindet.data import coco
 
     if coco.find_coco_files(path):
@@ -84,7 +89,7 @@ def detect_format(path: str | Path) -> str:
 
 def _find_yaml(folder: Path) -> Path | None:
     """The YOLO dataset yaml of a folder: ``data.yaml``/``dataset.yaml``, or its only ``.yaml`` file."""
-    for name in ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml"):
+    for name in _YAML_NAMES:
         if (folder / name).is_file():
             return folder / name
     yamls = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".yaml", ".yml") and p.is_file())
@@ -216,7 +221,7 @@ class BoxBuilder:
             self.report.add(
                 "error", "degenerate_box", self.file, where,
                 f"box {_fmt_box(x1, y1, x2, y2)} has no area (width {x2 - x1:g}, height {y2 - y1:g}); dropped",
-            )  # fmt: skip
+            )
             return False
         cx1, cy1 = min(max(x1, 0.0), self.width), min(max(y1, 0.0), self.height)
         cx2, cy2 = min(max(x2, 0.0), self.width), min(max(y2, 0.0), self.height)
@@ -227,7 +232,7 @@ class BoxBuilder:
                 "error", "degenerate_box", self.file, where,
                 f"box {_fmt_box(x1, y1, x2, y2)} lies outside the {self.width}x{self.height} image "
                 "(nothing left after clipping); dropped",
-            )  # fmt: skip
+            )
             return False
         overhang = max(-x1, -y1, x2 - self.width, y2 - self.height)
         if overhang > CLIP_TOLERANCE:
@@ -235,7 +240,7 @@ class BoxBuilder:
                 "warning", "box_clipped", self.file, where,
                 f"box {_fmt_box(x1, y1, x2, y2)} reaches outside the {self.width}x{self.height} image; "
                 f"clipped to {_fmt_box(*box32.tolist())}",
-            )  # fmt: skip
+            )
         self._boxes.append(tuple(box32.tolist()))
         self._labels.append(int(label))
         self._crowd.append(bool(crowd))
@@ -270,6 +275,14 @@ class BoxBuilder:
 
 def _fmt_box(x1: float, y1: float, x2: float, y2: float) -> str:
     return "[" + ", ".join(f"{v:.6g}" for v in (x1, y1, x2, y2)) + "]"
+
+
+def image_problem(error: Exception, path: str | Path) -> str:
+    """The reason in an :class:`ImageReadError` message, without the path it starts with.
+
+    Problems already name the file in their ``file`` field; this keeps it from appearing twice.
+    """
+    return str(error).removeprefix(f"{path}: ")
 
 
 def is_number(value: object) -> bool:

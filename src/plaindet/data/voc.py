@@ -31,7 +31,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plaindet.data.formats import BoxBuilder, match_split, split_order
+from plaindet.data.formats import BoxBuilder, image_problem, match_split, split_order
 from plaindet.data.images import IMAGE_SUFFIXES, ImageReadError, image_size
 from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport
 
@@ -96,7 +96,7 @@ def _parse(file: Path) -> _Annotation:
         ann.size = (width, height) if width > 0 and height > 0 else None
     except ValueError:
         ann.size = None
-    for obj in node.iter("object"):
+    for obj in node.findall("object"):  # direct children: an object's <part>s are not objects
         name = (obj.findtext("name") or "").strip()
         difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
         try:
@@ -126,7 +126,11 @@ def load_voc(
     if split_files:
         split = match_split(split, list(split_files), root / "ImageSets" / "Main")
         list_file = split_files[split]
-        ids = sorted({line.split()[0] for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()})
+        try:
+            lines = list_file.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{list_file}: cannot read the image id list ({e})") from None
+        ids = sorted({line.split()[0] for line in lines if line.strip()})
     else:
         split = match_split(split, ["train"], root)
         list_file = None
@@ -142,14 +146,16 @@ def load_voc(
     for image_id, stem in enumerate(ids):
         ann = annotations.get(stem)
         if ann is None:
-            report.add("error", "missing_annotation", list_file, "", f"{stem!r} is listed but Annotations/{stem}.xml does not exist")
+            message = f"{stem!r} is listed but Annotations/{stem}.xml does not exist"
+            report.add("error", "missing_annotation", list_file, "", message)
             continue
         if ann.error:
             report.add("error", "malformed_xml", ann.file, "", f"{ann.error}; image skipped")
             continue
         image_path = _find_image(root, stem, ann.filename)
         if image_path is None:
-            report.add("error", "missing_image", ann.file, "", f"image {ann.filename or stem!r} not found in {root / 'JPEGImages'}")
+            message = f"image {ann.filename or stem!r} not found in {root / 'JPEGImages'}"
+            report.add("error", "missing_image", ann.file, "", message)
             continue
         size = _size(ann, image_path, report, check_images)
         if size is None:
@@ -161,7 +167,8 @@ def load_voc(
                 report.add("error", "malformed_object", ann.file, where, f"{obj.problem}; object skipped")
                 continue
             if obj.name not in class_of:
-                report.add("error", "bad_class_id", ann.file, where, f"class {obj.name!r} is not in the class list; box dropped")
+                message = f"class {obj.name!r} is not in the class list; box dropped"
+                report.add("error", "bad_class_id", ann.file, where, message)
                 continue
             x1, y1, x2, y2 = obj.box
             builder.add(x1 - 1, y1 - 1, x2, y2, class_of[obj.name], where=where, crowd=obj.difficult)
@@ -186,12 +193,12 @@ def _size(ann: _Annotation, image_path: Path, report: LoadReport, check_images: 
     try:
         actual = image_size(image_path)
     except ImageReadError as e:
-        report.add("error", "unreadable_image", image_path, "", f"{e}; image skipped")
+        report.add("error", "unreadable_image", image_path, "", f"{image_problem(e, image_path)}; image skipped")
         return None
     if ann.size is not None and ann.size != actual:
         report.add(
             "warning", "size_mismatch", ann.file, "",
             f"<size> says {ann.size[0]}x{ann.size[1]} but {image_path.name} is {actual[0]}x{actual[1]} as "
             "displayed (after EXIF orientation); using the image's size",
-        )  # fmt: skip
+        )
     return actual

@@ -21,8 +21,9 @@ too (not reported). Image ids are positions in the sorted list of the split's im
 
 Problems are reported in ``dataset.report``: ``missing_image``, ``unreadable_image``,
 ``unreadable_label_file`` (image skipped), ``malformed_line``, ``bad_class_id``, ``degenerate_box``
-(line skipped), ``box_clipped``, ``unsupported_image``, ``no_labels_found`` and ``symlink_stub``
-(warnings), ``missing_label_file`` and ``orphan_label_file`` (info: a label file without an image). A yaml that cannot be parsed, lacks class names or points at missing folders raises
+(line skipped); ``box_clipped``, ``unsupported_image``, ``no_labels_found`` and ``symlink_stub``
+(warnings); ``missing_label_file`` and ``orphan_label_file`` (info: a label file without an image).
+A yaml that cannot be parsed, lacks class names or points at missing folders raises
 :class:`DatasetError`.
 
 Copied symbolic links: a git checkout without symlink support, or a copy tool that does not keep
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from plaindet.data.formats import BoxBuilder, match_split, split_order, yaml_file
+from plaindet.data.formats import BoxBuilder, image_problem, match_split, split_order, yaml_file
 from plaindet.data.images import IMAGE_SUFFIXES, ImageReadError, image_size
 from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport, Sample
 
@@ -190,7 +191,7 @@ class _Resolver:
                 self.report.add(
                     "warning", "symlink_stub", stub, "",
                     f"is a plain file holding {text!r}, probably a symbolic link copied as a file; followed it",
-                )  # fmt: skip
+                )
         return real
 
 
@@ -206,6 +207,10 @@ def _list_images(cfg: YoloConfig, key: str, report: LoadReport, resolve: _Resolv
     entries: list[_Entry] = []
     for entry in cfg.splits[key]:
         written = Path(entry) if Path(entry).is_absolute() else cfg.root / entry
+        if not written.exists() and entry.startswith("../") and (cfg.root / entry[3:]).exists():
+            # Roboflow writes '../train/images' next to a data.yaml that sits beside train/; Ultralytics
+            # accepts it by dropping the '../', and so do we.
+            written = cfg.root / entry[3:]
         real = resolve(written)
         if real.is_dir():
             for dirpath, dirnames, filenames in os.walk(real, followlinks=True):
@@ -277,7 +282,8 @@ def load_yolo(path: str | Path, split: str = "train") -> DetectionDataset:
             width, height = image_size(entry.real)
         except ImageReadError as e:
             kind = "missing_image" if not entry.real.exists() else "unreadable_image"
-            report.add("error", kind, entry.source or entry.real, entry.where, f"{e}; image skipped")
+            reason = str(e) if entry.source else image_problem(e, entry.real)
+            report.add("error", kind, entry.source or entry.real, entry.where, f"{reason}; image skipped")
             continue
         builder = BoxBuilder(width, height, report, label_file)
         if not real_label.is_file():
@@ -296,7 +302,7 @@ def load_yolo(path: str | Path, split: str = "train") -> DetectionDataset:
             "warning", "no_labels_found", label_path(entries[0].path).parent, "",
             f"none of the {len(entries)} images has a label file; labels are looked for where the last "
             "'/images/' of an image path becomes '/labels/'",
-        )  # fmt: skip
+        )
     # Label files that no image claims usually mean a renamed or deleted image: worth knowing. Only
     # for folders of images; a .txt list may name a subset of a folder on purpose.
     for folder in sorted(label_dirs):
@@ -319,7 +325,7 @@ def _parse_labels(text: str, builder: BoxBuilder, class_of: dict[int, int], repo
             report.add(
                 "error", "malformed_line", file, where,
                 f"expected 'class cx cy w h' (5 fields) or a polygon, found {len(fields)} fields: {line.strip()!r:.80}",
-            )  # fmt: skip
+            )
             continue
         try:
             values = [float(v) for v in fields]
@@ -338,7 +344,7 @@ def _parse_labels(text: str, builder: BoxBuilder, class_of: dict[int, int], repo
             report.add(
                 "error", "bad_class_id", file, where,
                 f"class id {class_id} is not in the yaml's names ({_id_range(class_of)}); box dropped",
-            )  # fmt: skip
+            )
             continue
         if len(fields) == 5:
             cx, cy, bw, bh = values[1:]

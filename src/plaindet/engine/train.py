@@ -77,9 +77,10 @@ def load_splits(cfg: TrainConfig):
 
         folder = Path(cfg.shapes_dir) if cfg.shapes_dir else Path.home() / ".cache" / "plaindet" / f"shapes-s{cfg.seed}-{cfg.shapes_train}-{cfg.shapes_val}"
         root = ensure_shapes(folder, train=cfg.shapes_train, val=cfg.shapes_val, seed=cfg.seed)
-        return load_dataset(root, split="train"), load_dataset(root, split="valid")
-    train = load_dataset(cfg.data, split=cfg.train_split)
-    val = load_dataset(cfg.data, split=cfg.val_split)
+        train, val = load_dataset(root, split="train"), load_dataset(root, split="valid")
+    else:
+        train = load_dataset(cfg.data, split=cfg.train_split)
+        val = load_dataset(cfg.data, split=cfg.val_split)
     if cfg.max_train_images:
         train.samples = train.samples[: cfg.max_train_images]
     return train, val
