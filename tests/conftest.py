@@ -11,8 +11,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: the test machines have 2 cores, often shared, and small tensors gain
+    nothing from threads. Only speed changes; every test compares results computed in one process."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory) -> Path:
+    """A small shapes dataset (16 train, 8 valid images of 320 px, 3 classes), written once per session.
+
+    Shared by many tests, so tests must only read it.
+    """
+    from plaindet.data.shapes import ensure_shapes
+
+    return ensure_shapes(tmp_path_factory.mktemp("shapes"), train=16, val=8)
 
 
 @pytest.fixture

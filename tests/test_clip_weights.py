@@ -281,7 +281,7 @@ def test_missing_and_unexpected_keys_are_listed(tower):
 
 def test_incomplete_qkv_is_reported(tower):
     sd = {f"vision_model.{k}": v for k, v in tower.items() if k != "encoder.layers.2.self_attn.k_proj.weight"}
-    with pytest.raises(ClipWeightsError, match=re.escape("transformer.resblocks.2.attn.in_proj_weight")):
+    with pytest.raises(ClipWeightsError, match=re.escape("transformer.resblocks.2.attn.in_proj.weight")):
         load_clip_weights(global_vit(), sd)
 
 

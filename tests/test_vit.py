@@ -49,7 +49,7 @@ def reference_window_attention(attn, x, grid, ws):
     allowed = window_id[:, None] == window_id[None, :]
     allowed = torch.cat([torch.ones(h * w, 1, dtype=torch.bool), allowed], dim=1)  # every patch sees cls
     allowed = torch.cat([torch.ones(1, L, dtype=torch.bool), allowed], dim=0)  # cls sees all
-    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = F.linear(x, attn.in_proj.weight, attn.in_proj.bias).chunk(3, dim=-1)
     q, k, v = (t.view(B, L, attn.heads, -1).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     return attn.out_proj(out.transpose(1, 2).reshape(B, L, C))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from plaindet.checkpoint import read_config, read_safetensors
+from plaindet.checkpoint import CheckpointError, read_config, read_safetensors
 
 
 def load(path: str | os.PathLike, device: str = "cpu"):
@@ -22,4 +22,8 @@ def load(path: str | os.PathLike, device: str = "cpu"):
         p = p / "model.safetensors"
     state, meta = read_safetensors(p)
     config = read_config(meta, p, CHECKPOINT_FORMAT)
-    return detector_from_state(config, state).to(device)
+    try:
+        model = detector_from_state(config, state)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{p}: {e}") from None
+    return model.to(device)

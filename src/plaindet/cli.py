@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +33,30 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     pass
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print ``error: message`` to stderr; return the exit (code 2: unusable input) for the caller to raise."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _user_errors(*extra: type[BaseException]):
+    """Turn errors in the user's input into a one-line message and exit code 2 instead of a traceback.
+
+    Only error types that always mean bad input (a dataset, config, checkpoint or weights file that
+    can't be used) are caught, plus ``extra``; anything else is a bug and keeps its traceback.
+    """
+    from plaindet.checkpoint import CheckpointError
+    from plaindet.config import ConfigError
+    from plaindet.data import DatasetError
+    from plaindet.models.clip_weights import ClipWeightsError
+
+    try:
+        yield
+    except (DatasetError, ConfigError, CheckpointError, ClipWeightsError, FileNotFoundError, *extra) as e:
+        raise _fail(str(e)) from None
 
 
 @data_app.command("check")
@@ -71,18 +97,193 @@ def data_show(
     raise typer.Exit(run_show(path, out, n=n, split=split, seed=seed))
 
 
+@app.command("train")
+def train_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="A registered model (see `plaindet models`); default plaindet-t."),
+    data: str = typer.Option(..., "--data", help="Dataset (COCO, YOLO or VOC), or 'shapes' for the built-in synthetic set."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for config.json, weights and metrics."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="Long side of the training images."),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", min=0, help="LoRA rank (0: no adapters)."),
+    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Where LoRA adapters go: neck, backbone or both."),
+    backbone_weights: Optional[str] = typer.Option(
+        None, "--backbone-weights", help="CLIP weights (file or Hugging Face Hub id); freezes the backbone."
+    ),
+    amp: Optional[str] = typer.Option(None, "--amp", help="Mixed precision: bf16, fp16 or off."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loading processes."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0),
+    train_split: Optional[str] = typer.Option(None, "--train-split"),
+    val_split: Optional[str] = typer.Option(None, "--val-split"),
+) -> None:
+    """Train a detector. Options left out take TrainConfig's defaults."""
+    from plaindet.engine.train import TrainConfig, train
+    from plaindet.models.registry import model_config
+
+    # Training logs its progress (dataset summaries, parameter counts, warnings) at INFO: show it.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("plaindet").setLevel(logging.INFO)
+
+    given = {
+        "model": model,
+        "data": data,
+        "epochs": epochs,
+        "out": None if out is None else str(out),
+        "batch_size": batch_size,
+        "lr": lr,
+        "image_size": image_size,
+        "lora_rank": lora_rank,
+        "lora_targets": lora_targets,
+        "backbone_weights": backbone_weights,
+        "amp": amp,
+        "workers": workers,
+        "seed": seed,
+        "train_split": train_split,
+        "val_split": val_split,
+    }
+    with _user_errors(ValueError):  # TrainConfig and model_config raise ValueError for bad values
+        cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+        model_config(cfg.model)  # an unknown model name fails now, with a suggestion, not after loading data
+    with _user_errors(ImportError):  # ImportError: an optional dependency (peft for LoRA) is missing
+        train(cfg)
+    typer.echo(f"run written to {cfg.out}: best.safetensors, last.safetensors, metrics.jsonl, config.json")
+
+
+def _expand_images(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders replaced by their image files (by suffix, sorted, not recursive)."""
+    from plaindet.data.images import IMAGE_SUFFIXES
+
+    images: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise _fail(f"{path}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
+            images.extend(found)
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise _fail(f"{path}: no such file or folder")
+    return images
+
+
+@app.command("predict")
+def predict_cmd(
+    images: list[Path] = typer.Argument(..., help="Image files and folders (their images, not recursive)."),
+    weights: Path = typer.Option(..., "--weights", help="A saved detector (.safetensors from training or Detector.save)."),
+    out: Path = typer.Option(..., "--out", help="Folder for drawn images, predictions.json and images.json."),
+    threshold: float = typer.Option(0.3, "--threshold", min=0.0, max=1.0, help="Minimum score of a kept detection."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="Long side at inference (default: the model's)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)."),
+) -> None:
+    """Detect objects in images; draw them and write COCO results.
+
+    Writes OUT/<image name>.png with the boxes drawn, OUT/predictions.json (COCO results: image_id,
+    category_id from the model's category ids, bbox [x, y, w, h] in original pixels, score) and
+    OUT/images.json, a COCO-style "images" list giving each image_id its file, size and drawn PNG
+    ({id, file_name, width, height, drawn}). Ids are 0, 1, 2, ... in the order the images were given,
+    folders expanded in sorted order; a repeated file stem gets its id appended to the PNG name.
+    """
+    import json
+
+    import torch
+
+    import plaindet
+    from plaindet.viz import draw
+
+    paths = _expand_images(images)
+    with _user_errors(ValueError):  # ValueError: weights that don't fit their own config
+        model = plaindet.load(weights, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = model.config
+    out.mkdir(parents=True, exist_ok=True)
+
+    results: list[dict] = []
+    entries: list[dict] = []
+    used_names: set[str] = set()
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        with _user_errors():  # an unreadable image is a DatasetError naming the file
+            detections = model.predict(chunk, threshold=threshold, image_size=image_size)
+        for offset, (path, det) in enumerate(zip(chunk, detections)):
+            image_id = start + offset
+            drawn = draw(path, det.boxes, det.labels, det.scores, class_names=config.class_names)
+            name = f"{path.stem}.png" if f"{path.stem}.png" not in used_names else f"{path.stem}_{image_id}.png"
+            used_names.add(name)
+            drawn.save(out / name)
+            entries.append({"id": image_id, "file_name": str(path), "width": drawn.width, "height": drawn.height, "drawn": name})
+            for (x1, y1, x2, y2), score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+                results.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": int(config.category_ids[label]),
+                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "score": round(score, 5),
+                    }
+                )
+    (out / "predictions.json").write_text(json.dumps(results))
+    (out / "images.json").write_text(json.dumps(entries, indent=1))
+    typer.echo(f"{len(results)} detections (score >= {threshold}) in {len(paths)} images; written to {out}")
+
+
 @app.command("eval")
 def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Ground-truth dataset (any supported format)."),
     split: str = typer.Option("val", "--split"),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="COCO results JSON, dataset's own ids."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A saved detector to run on the dataset instead of --predictions."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="With --weights: long side at inference (default: the model's)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="With --weights."),
+    save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="With --weights: keep the COCO results here."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the metrics as JSON here."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for per-class precision-recall PNGs."),
 ) -> None:
-    """Evaluate COCO-format predictions against a dataset: AP, AP50, AP75, APs/m/l, AR1/10/100."""
+    """Evaluate a detector (--weights) or COCO-format predictions (--predictions) on a dataset: AP, AP50, AP75, APs/m/l, AR1/10/100."""
+    if weights is not None:
+        if predictions is not None:
+            raise _fail("give either --weights or --predictions, not both")
+        from plaindet.engine.eval_model import run_eval_model
+
+        raise typer.Exit(
+            run_eval_model(
+                weights,
+                data,
+                split=split,
+                image_size=image_size,
+                batch_size=batch_size,
+                save_predictions=save_predictions,
+                output=output,
+                plots=plots,
+            )
+        )
+    if predictions is None:
+        raise _fail("give --weights CKPT (a detector to run) or --predictions RESULTS.json")
     from plaindet.engine.evaluate import run_eval
 
     raise typer.Exit(run_eval(data, split=split, predictions=predictions, output=output, plots=plots))
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the registered models with their sizes (parameters counted with the default 80 classes)."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from plaindet.models.detector import Detector
+    from plaindet.models.registry import list_models, model_config
+
+    table = Table(title="plaindet models", title_justify="left")
+    for column in ("model", "parameters", "width/depth/heads", "neck channels", "image size"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name in list_models():
+        config = model_config(name)
+        with torch.device("meta"):  # shapes only: counting needs neither memory nor initialization
+            count = sum(p.numel() for p in Detector(config).parameters())
+        bb = config.backbone
+        table.add_row(name, f"{count / 1e6:.1f}M", f"{bb.width}/{bb.depth}/{bb.heads}", str(config.neck_channels), str(config.image_size))
+    Console().print(table)
 
 
 @app.command("demo")

@@ -541,7 +541,7 @@ def run_eval(
         return 2
 
     if predictions is None:
-        return fail("--predictions RESULTS.json is required (evaluating --weights is not available yet)")
+        return fail("--predictions RESULTS.json is required (or evaluate a model with --weights CKPT)")
 
     from plaindet.data import load_dataset
 

@@ -52,7 +52,7 @@ class TrainConfig:
     seed: int = 0
     backbone_weights: str | None = None
     lora_rank: int = 0
-    lora_targets: str = "neck"
+    lora_targets: str = "backbone"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     augment: dict[str, Any] = field(default_factory=dict)
     eval_every: int = 1
@@ -125,7 +125,6 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> d
     from plaindet.models.registry import create_model
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -166,6 +165,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> d
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s: %.2fM parameters, %.2fM trainable; %d steps", cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, n_train / 1e6, total_steps)
 
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails on its inputs leaves no folder
     run_config = {"train": to_dict(cfg), "model": to_dict(model.config), "plaindet_version": __version__}
     (out / "config.json").write_text(json.dumps(run_config, indent=2))
     metrics_log = (out / "metrics.jsonl").open("a")

@@ -8,7 +8,8 @@ unpickle is ever loaded), an in-memory state dict, or a Hugging Face Hub reposit
 Key layouts, detected from the keys (:func:`convert_clip_state_dict`):
 
 - ``openai``: OpenAI CLIP / open_clip, ``visual.*`` of a full CLIP model or a bare visual tower
-  (``conv1.weight``, ...). These are already our names; ``proj`` is dropped.
+  (``conv1.weight``, ...). These are our names except ``attn.in_proj_weight``/``in_proj_bias``, which
+  become ``attn.in_proj.weight``/``bias`` (our fused projection is an ``nn.Linear``); ``proj`` is dropped.
 - ``transformers``: Hugging Face ``CLIPModel`` / ``CLIPVisionModel`` (``vision_model.*``, or unprefixed
   ``embeddings.*`` as transformers 5 names ``CLIPVisionModel``). Separate q/k/v projections are fused;
   ``visual_projection`` and the text tower are dropped.
@@ -100,7 +101,10 @@ def _read_file(path: Path) -> dict[str, Tensor]:
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(path, device="cpu")
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ClipWeightsError(f"{path}: not a readable safetensors file ({e})") from None
     if suffix not in _TORCH_SUFFIXES:
         raise ClipWeightsError(f"{path}: unknown weights format {suffix!r}; expected .safetensors, .bin, .pt or .pth")
     if _is_torchscript(path):
@@ -118,6 +122,8 @@ def _read_file(path: Path) -> dict[str, Tensor]:
             "file, so it is refused. Re-save only the weights where you trust the file: "
             "torch.save(checkpoint_state_dict, path) or safetensors.torch.save_file(state_dict, path)."
         ) from e
+    except (RuntimeError, OSError, EOFError) as e:  # truncated or not a torch file at all
+        raise ClipWeightsError(f"{path}: not a readable PyTorch weights file ({e})") from None
 
 
 def _unwrap(sd: dict, where: str) -> dict[str, Tensor]:
@@ -167,6 +173,9 @@ def _download(repo_id: str) -> Path:
 # Converting to our names
 
 # Rules are (pattern, replacement) tried in order against the whole key; the first full match wins.
+_OPENAI_RULES = [
+    (r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", r"transformer.resblocks.\1.attn.in_proj.\2"),
+]
 _TRANSFORMERS_RULES = [
     (r"embeddings\.patch_embedding\.weight", "conv1.weight"),
     (r"embeddings\.class_embedding", "class_embedding"),
@@ -186,7 +195,7 @@ _TIMM_RULES = [
     (r"norm_pre\.(weight|bias)", r"ln_pre.\1"),
     (r"norm\.(weight|bias)", r"ln_post.\1"),
     (r"blocks\.(\d+)\.norm([12])\.(weight|bias)", r"transformer.resblocks.\1.ln_\2.\3"),
-    (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"transformer.resblocks.\1.attn.in_proj_\2"),
+    (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"transformer.resblocks.\1.attn.in_proj.\2"),
     (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"transformer.resblocks.\1.attn.out_proj.\2"),
     (r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_fc.\2"),
     (r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_proj.\2"),
@@ -227,13 +236,13 @@ def _rename(key: str, rules: list[tuple[str, str]]) -> str:
 
 
 def _fuse_qkv(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``...attn.{q,k,v}_proj.{weight,bias}`` -> ``...attn.in_proj_{weight,bias}`` (q, k, v stacked)."""
+    """``...attn.{q,k,v}_proj.{weight,bias}`` -> ``...attn.in_proj.{weight,bias}`` (q, k, v stacked)."""
     out = dict(sd)
     for key in sd:
         m = re.fullmatch(r"(.*\.attn\.)q_proj\.(weight|bias)", key)
         parts = [f"{m[1]}{c}_proj.{m[2]}" for c in "qkv"] if m else []
         if parts and all(p in out for p in parts):  # an incomplete triple is left for the key report
-            out[f"{m[1]}in_proj_{m[2]}"] = torch.cat([out.pop(p) for p in parts])
+            out[f"{m[1]}in_proj.{m[2]}"] = torch.cat([out.pop(p) for p in parts])
     return out
 
 
@@ -250,7 +259,9 @@ def convert_clip_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str,
     layout, prefix = _detect_layout(state_dict)
     sd = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
     sd = {k: v for k, v in sd.items() if not _DROPPED[layout].fullmatch(k)}
-    if layout == "transformers":
+    if layout == "openai":
+        sd = {_rename(k, _OPENAI_RULES): v for k, v in sd.items()}
+    elif layout == "transformers":
         sd = _fuse_qkv({_rename(k, _TRANSFORMERS_RULES): v for k, v in sd.items()})
     elif layout == "timm":
         sd = {_rename(k, _TIMM_RULES): v for k, v in sd.items()}
@@ -283,14 +294,13 @@ def load_clip_weights(model: ViT, source: str | Path | Mapping[str, Tensor]) -> 
     if pos is not None and pos.shape[0] != model.positional_embedding.shape[0]:
         sd["positional_embedding"] = _resize_checkpoint_pos(pos, model.grid_size)
 
-    expected = model.state_dict().keys()
-    missing, unexpected = sorted(expected - sd.keys()), sorted(sd.keys() - expected)
+    ours = model.state_dict()
+    missing, unexpected = sorted(ours.keys() - sd.keys()), sorted(sd.keys() - ours.keys())
     if missing or unexpected:
         raise ClipWeightsError(
             f"checkpoint ({layout} layout) doesn't fit the ViT: missing keys {_names(missing)}; "
             f"unexpected keys {_names(unexpected)}"
         )
-    ours = model.state_dict()
     wrong = [f"{k} {tuple(v.shape)} (model: {tuple(ours[k].shape)})" for k, v in sd.items() if v.shape != ours[k].shape]
     if wrong:
         raise ClipWeightsError(f"checkpoint ({layout} layout) has tensors of the wrong shape: {_names(wrong)}")

@@ -148,8 +148,10 @@ class Detector(nn.Module):
 
     def set_backbone_trainable(self, trainable: bool) -> None:
         self.config.backbone_trainable = trainable
-        for p in self.backbone.parameters():
-            p.requires_grad_(trainable)
+        for name, p in self.backbone.named_parameters():
+            # LoRA adapters (peft's lora_A/lora_B) train either way: they are how a frozen backbone adapts.
+            if ".lora_" not in name:
+                p.requires_grad_(trainable)
 
     def forward(self, images: Tensor) -> dict[str, Any]:
         h, w = images.shape[-2:]

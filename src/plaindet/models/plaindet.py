@@ -8,7 +8,7 @@ from plaindet.models.registry import register_model
 
 @register_model
 def plaindet_b() -> DetectorConfig:
-    """ViT-B/16 (CLIP ViT-B/16 dims): the flagship, about 94M parameters."""
+    """ViT-B/16 (CLIP ViT-B/16 dims): the flagship, about 91M parameters."""
     return DetectorConfig(name="plaindet-b", backbone=BackboneConfig(width=768, depth=12, heads=12), neck_channels=256)
 
 

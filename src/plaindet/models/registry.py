@@ -53,8 +53,9 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
             raise ValueError(f"num_classes={num_classes} but {len(names)} class_names were given")
     elif overrides.get("class_names"):
         overrides["num_classes"] = len(overrides["class_names"])
-    if "num_classes" in overrides and "class_names" not in overrides:
-        overrides["class_names"] = []  # regenerate default names for the new class count
+    if "num_classes" in overrides:
+        # Names and ids default to 0..K-1 for the new class count unless given.
+        overrides.setdefault("class_names", [])
         overrides.setdefault("category_ids", [])
     config = model_config(name, **overrides)
     config.__post_init__()

@@ -1,16 +1,18 @@
 """A plain ViT in the layout of CLIP's image encoder, with ViTDet-style window attention.
 
 Parameter names are those of OpenAI CLIP's ``VisionTransformer`` (and of open_clip's ``visual``
-tower), so a CLIP ``visual.*`` state dict loads with the prefix removed and ``proj`` dropped; see
-:mod:`plaindet.models.clip_weights` for the other layouts (Hugging Face transformers, timm)::
+tower) but for one: the fused q/k/v projection is an ``nn.Linear`` named ``attn.in_proj`` (OpenAI's raw
+``attn.in_proj_weight``/``in_proj_bias`` parameters become ``attn.in_proj.weight``/``bias``), so that LoRA,
+which adapts modules, can adapt it. :mod:`plaindet.models.clip_weights` converts OpenAI's, Hugging Face
+transformers' and timm's layouts to these names::
 
     conv1.weight                                 (width, 3, p, p), no bias
     class_embedding                              (width,)
     positional_embedding                         (grid * grid + 1, width), class token first
     ln_pre.{weight,bias}
     transformer.resblocks.{i}.ln_1.{weight,bias}
-    transformer.resblocks.{i}.attn.in_proj_weight  (3 * width, width), q, k, v stacked
-    transformer.resblocks.{i}.attn.in_proj_bias    (3 * width,)
+    transformer.resblocks.{i}.attn.in_proj.weight  (3 * width, width), q, k, v stacked
+    transformer.resblocks.{i}.attn.in_proj.bias    (3 * width,)
     transformer.resblocks.{i}.attn.out_proj.{weight,bias}
     transformer.resblocks.{i}.ln_2.{weight,bias}
     transformer.resblocks.{i}.mlp.c_fc.{weight,bias}
@@ -95,7 +97,7 @@ _ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with ``nn.MultiheadAttention``'s fused parameters (CLIP's names).
+    """Multi-head self-attention with one fused q/k/v projection ``in_proj`` (CLIP's ``in_proj_weight``).
 
     With ``window_size > 0`` the patch tokens attend within non-overlapping windows and the class
     token acts as a global token (see the module docstring).
@@ -107,15 +109,15 @@ class Attention(nn.Module):
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.window_size = window_size
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        # A module rather than CLIP's two raw parameters: LoRA (peft) can only adapt modules.
+        self.in_proj = nn.Linear(width, 3 * width)
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """``x``: ``(B, 1 + h * w, C)``, class token first, patches row-major; ``grid``: ``(h, w)``."""
         B, L, C = x.shape
         # (B, L, 3C) -> three (B, heads, L, head_dim)
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = self.in_proj(x)
         q, k, v = qkv.view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if self.window_size <= 0:
             out = F.scaled_dot_product_attention(q, k, v)
@@ -241,6 +243,8 @@ class ViT(nn.Module):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        if window_size < 0:
+            raise ValueError(f"window_size must be >= 0 (0: global attention everywhere), got {window_size}")
         if act not in _ACTIVATIONS:
             raise ValueError(f"act must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
         global_blocks = default_global_blocks(depth) if global_blocks is None else tuple(global_blocks)
@@ -287,9 +291,7 @@ class ViT(nn.Module):
         # Like a linear layer over the flattened patch.
         nn.init.trunc_normal_(self.conv1.weight, std=1.0 / math.sqrt(self.conv1.weight[0].numel()))
         for block in self.transformer.resblocks:
-            nn.init.trunc_normal_(block.attn.in_proj_weight, std=0.02)
-            nn.init.zeros_(block.attn.in_proj_bias)
-            for linear in (block.attn.out_proj, block.mlp.c_fc, block.mlp.c_proj):
+            for linear in (block.attn.in_proj, block.attn.out_proj, block.mlp.c_fc, block.mlp.c_proj):
                 nn.init.trunc_normal_(linear.weight, std=0.02)
                 nn.init.zeros_(linear.bias)
 
