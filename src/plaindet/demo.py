@@ -18,13 +18,20 @@ import numpy as np
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes chosen so the demo finishes within ten minutes on a 2-core CPU."""
+    """Sizes chosen so the demo finishes within ten minutes on a 2-core CPU.
 
-    train_images: int = 1200
+    The backbone starts from random weights here (nothing is downloaded), so the settings favour
+    many cheap steps: 256 px inputs (windows of 8 patches tile the 16 x 16 grid exactly), and no
+    random crop or zoom-out, which on this synthetic set cost more than they teach in a short run
+    (300 steps: AP 0.135 without them, 0.039 with them). Fresh images replace augmentation.
+    """
+
+    train_images: int = 1500
     val_images: int = 200
-    epochs: int = 8
+    epochs: int = 4
     batch_size: int = 8
-    image_size: int = 320
+    image_size: int = 256
+    window_size: int = 8
     lr: float = 1e-3
     samples_to_draw: int = 8
 
@@ -107,7 +114,9 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
         image_size=s.image_size,
         lr=s.lr,
         seed=seed,
-        eval_every=s.epochs,  # evaluate once, at the end: evaluation time is training time lost
+        eval_every=0,  # the demo evaluates once, below: evaluation time is training time lost
+        model_overrides={"backbone": {"window_size": s.window_size}},
+        augment={"crop": 0.0, "zoom_out": 0.0},
     )
     train(cfg)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from plaindet.data.images import read_image
+from plaindet.data.transforms import resize_image, resized_size, scale_boxes_to_original
 
 
 def to_rgb_array(image: Any) -> np.ndarray:
@@ -47,13 +47,8 @@ def to_rgb_array(image: Any) -> np.ndarray:
 
 
 def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
-    """Resize keeping the aspect ratio so the long side is ``long_side`` (bilinear, as in training)."""
-    h, w = image.shape[:2]
-    scale = long_side / max(h, w)
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    if (nh, nw) == (h, w):
-        return image
-    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    """Resize keeping the aspect ratio so the long side is ``long_side``, exactly as evaluation does."""
+    return resize_image(image, resized_size(image.shape[0], image.shape[1], long_side))
 
 
 def _as_list(images: Any) -> tuple[list[Any], bool]:
@@ -88,11 +83,7 @@ def predict_images(model, images: Any, *, threshold: float, image_size: int, bat
             boxes, scores, labels = model.postprocess(model(batch.to(device)))
             for i, (a, r) in enumerate(zip(arrays, resized)):
                 keep = scores[i] >= threshold
-                b = boxes[i][keep].cpu().numpy().astype(np.float32)
-                sx, sy = a.shape[1] / r.shape[1], a.shape[0] / r.shape[0]
-                b *= np.array([sx, sy, sx, sy], dtype=np.float32)
-                b[:, 0::2] = b[:, 0::2].clip(0, a.shape[1])
-                b[:, 1::2] = b[:, 1::2].clip(0, a.shape[0])
+                b = scale_boxes_to_original(boxes[i][keep].cpu().numpy(), r.shape[:2], a.shape[:2])
                 lab = labels[i][keep].cpu().numpy().astype(np.int64)
                 names = [model.config.class_names[k] for k in lab]
                 results.append(Detections(b, scores[i][keep].cpu().numpy().astype(np.float32), lab, names))

@@ -69,6 +69,20 @@ def resized_size(height: int, width: int, long_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def resize_image(img: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Resize ``img`` to ``out_hw``: area interpolation when shrinking (no aliasing), bilinear when growing.
+
+    Training, evaluation and :meth:`Detector.predict` all resize through here, so a deployed model
+    sees exactly the pixels it was evaluated on.
+    """
+    if img.shape[:2] == tuple(out_hw):
+        return img
+    downscale = out_hw[0] * out_hw[1] < img.shape[0] * img.shape[1]
+    interpolation = cv2.INTER_AREA if downscale else cv2.INTER_LINEAR
+    out = cv2.resize(img, (out_hw[1], out_hw[0]), interpolation=interpolation)
+    return out.reshape(tuple(out_hw) + img.shape[2:])  # cv2 drops a trailing channel axis of size 1
+
+
 class ResizeLongSide(DualTransform):
     """Resize so the long side is ``size`` (or, per sample, one of ``sizes`` chosen uniformly).
 
@@ -92,12 +106,7 @@ class ResizeLongSide(DualTransform):
         return {"out_hw": resized_size(height, width, long_side)}
 
     def apply(self, img: np.ndarray, out_hw: tuple[int, int], **params: Any) -> np.ndarray:
-        if img.shape[:2] == out_hw:
-            return img
-        downscale = out_hw[0] * out_hw[1] < img.shape[0] * img.shape[1]
-        interpolation = cv2.INTER_AREA if downscale else cv2.INTER_LINEAR
-        out = cv2.resize(img, (out_hw[1], out_hw[0]), interpolation=interpolation)
-        return out.reshape(out_hw + img.shape[2:])  # cv2 drops a trailing channel axis of size 1
+        return resize_image(img, out_hw)
 
     def apply_to_bboxes(self, bboxes: np.ndarray, **params: Any) -> np.ndarray:
         return bboxes  # normalized coordinates do not change under a resize

@@ -30,6 +30,14 @@ class TrainConfig:
 
     ``data`` is a dataset path in any supported format, or ``"shapes"`` for the built-in synthetic
     set (``shapes_train`` and ``shapes_val`` images, written under ``shapes_dir``).
+
+    ``eval_every``: evaluate on the validation split every this many epochs and after the last;
+    0 never evaluates (``best`` is then the last epoch's weights).
+
+    ``backbone_lr_mult`` scales the learning rate of the backbone's own weights. It matters only when
+    they train, i.e. for a backbone built without pretrained weights: a random ViT updated at the
+    neck's rate turns noisy and starves the neck (on the shapes set, 300 steps gave AP 0.000 at 1.0
+    and 0.135 at 0.1).
     """
 
     model: str = "plaindet-t"
@@ -40,7 +48,7 @@ class TrainConfig:
     epochs: int = 12
     batch_size: int = 8
     lr: float = 1e-3
-    backbone_lr_mult: float = 1.0
+    backbone_lr_mult: float = 0.1
     weight_decay: float = 0.05
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
@@ -87,14 +95,16 @@ def load_splits(cfg: TrainConfig):
 
 
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: no weight decay on 1-d tensors (norms, biases, scales) and position tables."""
+    """AdamW groups by rule: no weight decay on 1-d tensors (norms, biases, scales) and position
+    tables; the backbone's own weights (not its LoRA adapters) learn at ``backbone_lr_mult`` times
+    the rate."""
     skip = {f"backbone.{n}" for n in model.backbone.no_weight_decay()}
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         decay = p.ndim >= 2 and name not in skip
-        is_backbone = name.startswith("backbone.")
+        is_backbone = name.startswith("backbone.") and ".lora_" not in name
         groups.setdefault((decay, is_backbone), []).append(p)
     return [
         {
@@ -114,8 +124,12 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train and evaluate; returns the best epoch's metrics. See :class:`TrainConfig`."""
+def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, *, datasets: tuple | None = None) -> dict:
+    """Train and evaluate; returns the best epoch's metrics. See :class:`TrainConfig`.
+
+    ``datasets``: an optional ``(train, val)`` pair of :class:`~plaindet.data.DetectionDataset` to use
+    instead of reading ``cfg.data`` (for datasets built in Python, e.g. a subset).
+    """
     from tqdm.auto import tqdm
 
     from plaindet.data.collate import make_loader
@@ -132,7 +146,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> d
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[cfg.amp]
 
     # Data.
-    train_set, val_set = load_splits(cfg)
+    train_set, val_set = datasets if datasets is not None else load_splits(cfg)
     log.info("train: %s", train_set)
     log.info("val:   %s", val_set)
     transform = train_transform(cfg.image_size, scales=cfg.scales or None, **cfg.augment)
@@ -203,7 +217,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> d
             step += 1
 
         record = {"epoch": epoch + 1, "step": step, "loss": running, "time": round(time.time() - start, 1)}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        if cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             metrics = evaluate_model(model, val_set, image_size=cfg.image_size, batch_size=cfg.batch_size, amp_dtype=amp_dtype)
             record.update({k: v for k, v in metrics.stats.items() if k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")})
         model.save(out / "last.safetensors")
