@@ -31,6 +31,9 @@ class TrainConfig:
     ``data`` is a dataset path in any supported format, or ``"shapes"`` for the built-in synthetic
     set (``shapes_train`` and ``shapes_val`` images, written under ``shapes_dir``).
 
+    ``ema_decay``: the weights evaluated and saved are an exponential moving average of the training
+    weights (0 turns it off; see :mod:`plaindet.engine.ema`).
+
     ``eval_every``: evaluate on the validation split every this many epochs and after the last;
     0 never evaluates (``best`` is then the last epoch's weights).
 
@@ -64,6 +67,7 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     augment: dict[str, Any] = field(default_factory=dict)
     eval_every: int = 1
+    ema_decay: float = 0.998
     shapes_train: int = 2000
     shapes_val: int = 200
     shapes_dir: str = ""
@@ -134,6 +138,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, *, d
 
     from plaindet.data.collate import make_loader
     from plaindet.data.transforms import TransformedDataset, train_transform
+    from plaindet.engine.ema import ModelEMA
     from plaindet.engine.validate import evaluate_model
     from plaindet.models.criterion import OneToOneCriterion
     from plaindet.models.registry import create_model
@@ -176,6 +181,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, *, d
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     total_steps = cfg.epochs * len(loader)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s: %.2fM parameters, %.2fM trainable; %d steps", cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, n_train / 1e6, total_steps)
 
@@ -212,18 +218,21 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, *, d
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model)
             running = 0.9 * running + 0.1 * loss.item() if i else loss.item()
             bar.set_postfix(loss=f"{running:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             step += 1
 
+        final = ema.module if ema is not None else model  # the weights we evaluate and ship
         record = {"epoch": epoch + 1, "step": step, "loss": running, "time": round(time.time() - start, 1)}
         if cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            metrics = evaluate_model(model, val_set, image_size=cfg.image_size, batch_size=cfg.batch_size, amp_dtype=amp_dtype)
+            metrics = evaluate_model(final, val_set, image_size=cfg.image_size, batch_size=cfg.batch_size, amp_dtype=amp_dtype)
             record.update({k: v for k, v in metrics.stats.items() if k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")})
-        model.save(out / "last.safetensors")
+        final.save(out / "last.safetensors")
         if record.get("AP") is not None and record["AP"] >= best.get("AP", -1.0):
             best = dict(record)
-            model.save(out / "best.safetensors")
+            final.save(out / "best.safetensors")
         metrics_log.write(json.dumps(record) + "\n")
         metrics_log.flush()
         print(
@@ -236,6 +245,6 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, *, d
             on_epoch(record)
     metrics_log.close()
     if not best:  # no epoch was evaluated with a defined AP: keep the last weights as best
-        model.save(out / "best.safetensors")
+        final.save(out / "best.safetensors")
         best = record
     return best
