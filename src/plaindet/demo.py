@@ -23,7 +23,10 @@ class DemoSettings:
     The backbone starts from random weights here (nothing is downloaded), so the settings favour
     many cheap steps: 256 px inputs (windows of 8 patches tile the 16 x 16 grid exactly), and no
     random crop or zoom-out, which on this synthetic set cost more than they teach in a short run
-    (300 steps: AP 0.135 without them, 0.039 with them). Fresh images replace augmentation.
+    (300 steps: AP 0.135 without them, 0.039 with them). Fresh images replace augmentation. The
+    learning rate stays at its peak after warmup (``min_lr_ratio=1``) and the EMA of the weights does
+    the averaging a decaying schedule would: in this short run a cosine decay cost more than it gave
+    (held-out AP 0.265 with cosine, 0.399 with a constant rate).
     """
 
     train_images: int = 1500
@@ -33,6 +36,7 @@ class DemoSettings:
     image_size: int = 256
     window_size: int = 8
     lr: float = 1e-3
+    min_lr_ratio: float = 1.0
     samples_to_draw: int = 8
 
 
@@ -113,6 +117,7 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
         batch_size=s.batch_size,
         image_size=s.image_size,
         lr=s.lr,
+        min_lr_ratio=s.min_lr_ratio,
         seed=seed,
         eval_every=0,  # the demo evaluates once, below: evaluation time is training time lost
         model_overrides={"backbone": {"window_size": s.window_size}},
