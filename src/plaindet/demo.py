@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,11 +89,8 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
 
     console.rule("2. conversion: COCO -> YOLO -> COCO")
     yolo_dir, coco_dir = out / "data" / "shapes-yolo", out / "data" / "shapes-coco"
-    for d in (yolo_dir, coco_dir):
-        if d.exists():
-            import shutil
-
-            shutil.rmtree(d)
+    for d in (yolo_dir, coco_dir):  # convert refuses to overwrite; these are the demo's own folders
+        shutil.rmtree(d, ignore_errors=True)
     convert_dataset(data_dir, "yolo", yolo_dir)
     convert_dataset(yolo_dir, "coco", coco_dir)
     n, worst = _same_labels(load_dataset(data_dir, split="valid"), load_dataset(coco_dir, split="val"))

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,9 +190,8 @@ class Detector(nn.Module):
         """Write weights and config to one ``.safetensors`` file, atomically (temp file, fsync, rename)."""
         from plaindet.checkpoint import save_safetensors
 
-        state = {k: v for k, v in self.state_dict().items()}
         meta = {"format": CHECKPOINT_FORMAT, "plaindet_version": __version__, "config": json.dumps(to_dict(self.config))}
-        return save_safetensors(state, path, meta)
+        return save_safetensors(self.state_dict(), path, meta)
 
 
 def topk_detections(logits: Tensor, boxes: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -57,8 +57,7 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
         # Names and ids default to 0..K-1 for the new class count unless given.
         overrides.setdefault("class_names", [])
         overrides.setdefault("category_ids", [])
-    config = model_config(name, **overrides)
-    config.__post_init__()
+    config = model_config(name, **overrides)  # dataclasses.replace re-runs __post_init__'s checks
     from plaindet.models.detector import build_detector
 
     return build_detector(config, backbone_weights=backbone_weights)
