@@ -16,7 +16,7 @@ from plaindet.config import ConfigError
 from plaindet.data.shapes import render
 from plaindet.engine.train import TrainConfig, param_groups
 from plaindet.models.criterion import OneToOneCriterion
-from plaindet.models.detector import Detections
+from plaindet.predict import Detections
 from plaindet.models.vit import ViT
 
 MODELS = plaindet.list_models()

@@ -8,14 +8,14 @@ from plaindet.checkpoint import CheckpointError, read_config, read_safetensors
 
 
 def load(path: str | os.PathLike, device: str = "cpu"):
-    """Rebuild a detector saved with ``Detector.save`` (or a training run's ``best``/``last`` file).
+    """Rebuild any plaindet model saved with ``save`` (or a training run's ``best``/``last`` file).
 
     ``path`` is a ``.safetensors`` file or a folder holding ``model.safetensors``. Nothing but that
     file is needed: the config travels in its header. No code is unpickled.
     """
     from pathlib import Path
 
-    from plaindet.models.detector import CHECKPOINT_FORMAT, detector_from_state
+    from plaindet.models.base import CHECKPOINT_FORMAT, model_from_state
 
     p = Path(path)
     if p.is_dir():
@@ -23,7 +23,7 @@ def load(path: str | os.PathLike, device: str = "cpu"):
     state, meta = read_safetensors(p)
     config = read_config(meta, p, CHECKPOINT_FORMAT)
     try:
-        model = detector_from_state(config, state)
+        model = model_from_state(config, state)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{p}: {e}") from None
     return model.to(device)

@@ -5,11 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from plaindet.data.images import read_image
 from plaindet.data.transforms import resize_image, resized_size, scale_boxes_to_original
+
+
+@dataclass
+class Detections:
+    """Predictions for one image.
+
+    ``boxes``: ``float32 (N, 4)`` xyxy in pixels of the original image; ``scores``: ``float32 (N,)``
+    in [0, 1], sorted high to low; ``labels``: ``int64 (N,)`` contiguous class indices;
+    ``class_names``: ``N`` names.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 def to_rgb_array(image: Any) -> np.ndarray:
@@ -62,8 +82,6 @@ def _as_list(images: Any) -> tuple[list[Any], bool]:
 @torch.no_grad()
 def predict_images(model, images: Any, *, threshold: float, image_size: int, batch_size: int = 8):
     """See :meth:`plaindet.models.detector.Detector.predict`."""
-    from plaindet.models.detector import Detections
-
     items, is_list = _as_list(images)
     was_training = model.training
     model.eval()

@@ -102,7 +102,7 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     """AdamW groups by rule: no weight decay on 1-d tensors (norms, biases, scales) and position
     tables; the backbone's own weights (not its LoRA adapters) learn at ``backbone_lr_mult`` times
     the rate."""
-    skip = {f"backbone.{n}" for n in model.backbone.no_weight_decay()}
+    skip = model.no_weight_decay()
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -140,7 +140,6 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, *, d
     from plaindet.data.transforms import TransformedDataset, train_transform
     from plaindet.engine.ema import ModelEMA
     from plaindet.engine.validate import evaluate_model
-    from plaindet.models.criterion import OneToOneCriterion
     from plaindet.models.registry import create_model
 
     out = Path(cfg.out)
@@ -176,7 +175,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, *, d
         backbone_weights=cfg.backbone_weights,
         **overrides,
     ).to(device)
-    criterion = OneToOneCriterion(model.config.num_classes)
+    criterion = model.criterion()
     groups = param_groups(model, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     total_steps = cfg.epochs * len(loader)

@@ -7,26 +7,20 @@ holds its weights and its JSON config.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from plaindet import __version__
-from plaindet.config import from_dict, to_dict
+from plaindet.config import from_dict
+from plaindet.models.base import CHECKPOINT_FORMAT, DetectionModel, _load_strict  # noqa: F401 (CHECKPOINT_FORMAT re-exported)
 from plaindet.models.head import DenseHead
 from plaindet.models.neck import SimpleFeaturePyramid
 from plaindet.models.vit import CLIP_MEAN, CLIP_STD, ViT
 
 log = logging.getLogger("plaindet")
-
-CHECKPOINT_FORMAT = "plaindet-detector"
 
 
 @dataclass
@@ -90,26 +84,14 @@ class DetectorConfig:
                 f"{len(self.category_ids)} category ids were given"
             )
 
+    def model_class(self) -> type:
+        return Detector
 
-@dataclass
-class Detections:
-    """Predictions for one image.
-
-    ``boxes``: ``float32 (N, 4)`` xyxy in pixels of the original image; ``scores``: ``float32 (N,)``
-    in [0, 1], sorted high to low; ``labels``: ``int64 (N,)`` contiguous class indices;
-    ``class_names``: ``N`` names.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.scores)
+    def build(self, backbone_weights: Any = None) -> "Detector":
+        return build_detector(self, backbone_weights=backbone_weights)
 
 
-class Detector(nn.Module):
+class Detector(DetectionModel):
     """ViT backbone, simple feature pyramid, dense one-to-one head (plus a training-only auxiliary head).
 
     ``forward(images)`` takes ``(B, 3, H, W)`` images, ``uint8`` in [0, 255] or float in [0, 255],
@@ -173,25 +155,24 @@ class Detector(nn.Module):
         """
         return topk_detections(outputs["logits"], outputs["boxes"], max_detections or self.config.max_detections)
 
-    @torch.no_grad()
-    def predict(self, images: Any, threshold: float = 0.3, image_size: int | None = None) -> Detections | list[Detections]:
-        """Detect objects in one image or a list of images.
+    def criterion(self) -> nn.Module:
+        from plaindet.models.criterion import OneToOneCriterion
 
-        ``images``: a path, PIL image, ``uint8`` ``(H, W, 3)`` RGB array, or tensor ``(3, H, W)``
-        (``uint8``, or float in [0, 1]); or a list of those (a ``(B, 3, H, W)`` tensor is a list).
-        Each is resized so its long side is ``image_size`` (default: the config's), keeping the
-        aspect ratio. Returns :class:`Detections` (a list for list input) in original pixels.
-        """
-        from plaindet.predict import predict_images
+        return OneToOneCriterion(self.config.num_classes)
 
-        return predict_images(self, images, threshold=threshold, image_size=image_size or self.config.image_size)
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write weights and config to one ``.safetensors`` file, atomically (temp file, fsync, rename)."""
-        from plaindet.checkpoint import save_safetensors
+    @classmethod
+    def from_state(cls, config: "DetectorConfig", state: dict[str, Tensor]) -> "Detector":
+        model = cls(config)
+        if config.lora.rank > 0:
+            from plaindet.models.lora import add_lora
 
-        meta = {"format": CHECKPOINT_FORMAT, "plaindet_version": __version__, "config": json.dumps(to_dict(self.config))}
-        return save_safetensors(self.state_dict(), path, meta)
+            model = add_lora(model, config.lora)
+        _load_strict(model, state)
+        model.set_backbone_trainable(config.backbone_trainable)
+        return model.eval()
 
 
 def topk_detections(logits: Tensor, boxes: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -229,15 +210,4 @@ def build_detector(config: DetectorConfig, backbone_weights: Any = None) -> Dete
 
 def detector_from_state(config: dict, state: dict[str, Tensor]) -> Detector:
     """Rebuild a saved detector from its config dict and weights (no backbone warning: weights are loaded)."""
-    cfg = from_dict(DetectorConfig, config)
-    model = Detector(cfg)
-    if cfg.lora.rank > 0:
-        from plaindet.models.lora import add_lora
-
-        model = add_lora(model, cfg.lora)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match its config: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    model.set_backbone_trainable(cfg.backbone_trainable)
-    model.eval()
-    return model
+    return Detector.from_state(from_dict(DetectorConfig, config), state)

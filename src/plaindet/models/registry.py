@@ -41,8 +41,9 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
     Args:
         name: one of :func:`list_models`.
         num_classes: number of classes; ``class_names`` (a list) may be given instead or too.
-        backbone_weights: CLIP image-encoder weights (a local file, a Hugging Face Hub id or a state
-            dict); when given the backbone is frozen. See :mod:`plaindet.models.clip_weights`.
+        backbone_weights: pretrained backbone weights (a local file, a Hugging Face Hub id or a state
+            dict; CLIP image-encoder weights for plaindet, see :mod:`plaindet.models.clip_weights`);
+            when given the backbone is frozen.
         overrides: any config field, checked strictly (nested configs take dicts, e.g.
             ``backbone=dict(window_size=0)``).
     """
@@ -58,9 +59,7 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
         overrides.setdefault("class_names", [])
         overrides.setdefault("category_ids", [])
     config = model_config(name, **overrides)  # dataclasses.replace re-runs __post_init__'s checks
-    from plaindet.models.detector import build_detector
-
-    return build_detector(config, backbone_weights=backbone_weights)
+    return config.build(backbone_weights=backbone_weights)
 
 
 def _import_variants() -> None:
