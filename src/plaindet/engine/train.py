@@ -203,7 +203,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, *, d
             images = batch["images"].to(device, non_blocking=True)
             targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = model(images)
+                outputs = model(images, targets)
             losses = criterion(outputs, targets)
             loss = losses["loss"]
             if not torch.isfinite(loss):

@@ -5,8 +5,10 @@ least ``name`` (the registered variant), ``num_classes``, ``class_names``, ``cat
 ``image_size`` and ``max_detections``, and a ``build(backbone_weights=None)`` method. The model
 provides:
 
-- ``forward(images)``: ``(B, 3, H, W)`` images, ``uint8`` or float in [0, 255], ``H`` and ``W``
-  multiples of ``size_divisor``; normalization is inside the model. Returns a dict of raw tensors.
+- ``forward(images, targets=None)``: ``(B, 3, H, W)`` images, ``uint8`` or float in [0, 255], ``H``
+  and ``W`` multiples of ``size_divisor``; normalization is inside the model. Returns a dict of raw
+  tensors. The engine passes the training ``targets`` (see ``criterion``) in training mode, for the
+  models that need them in the forward pass (teacher forcing); others ignore them.
 - ``postprocess(outputs, max_detections=None)``: ``boxes (B, k, 4)`` xyxy in input pixels,
   ``scores (B, k)`` sorted high to low, ``labels (B, k)`` contiguous class indices. Pure tensor ops,
   so the exporter can trace ``postprocess(forward(x))`` into one graph.

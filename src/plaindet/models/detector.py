@@ -135,7 +135,7 @@ class Detector(DetectionModel):
             if ".lora_" not in name:
                 p.requires_grad_(trainable)
 
-    def forward(self, images: Tensor) -> dict[str, Any]:
+    def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict[str, Any]:
         h, w = images.shape[-2:]
         if h % self.size_divisor or w % self.size_divisor:
             raise ValueError(f"input size {h}x{w} must be a multiple of {self.size_divisor}; pad the images first")
