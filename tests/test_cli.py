@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -70,8 +71,8 @@ def test_models_lists_every_model_with_its_size():
 
 
 def test_train_writes_a_loadable_run_with_the_options_given(trained_run):
-    assert {p.name for p in trained_run.iterdir()} == {"best.safetensors", "last.safetensors", "config.json", "metrics.jsonl"}
-    train_config = json.loads((trained_run / "config.json").read_text())["train"]
+    assert {"best.safetensors", "last.safetensors", "config.yaml", "metrics.jsonl", "metrics.csv", "steps.jsonl", "plots"} <= {p.name for p in trained_run.iterdir()}
+    train_config = yaml.safe_load((trained_run / "config.yaml").read_text())["train"]
     assert (train_config["epochs"], train_config["batch_size"], train_config["image_size"]) == (1, 4, 64)
     assert (train_config["amp"], train_config["seed"], train_config["val_split"]) == ("off", 1, "valid")
     assert train_config["lr"] == 1e-3  # not given: TrainConfig's default

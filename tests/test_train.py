@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import plaindet
 from plaindet.data import load_dataset
@@ -31,11 +32,15 @@ def test_one_epoch_writes_a_complete_run(tmp_path, tiny_shapes, capsys):
     )
     best = train(cfg, on_epoch=epochs.append)
 
-    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "last.safetensors", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.safetensors", "config.yaml", "last.safetensors", "metrics.csv", "metrics.jsonl", "plots", "steps.csv", "steps.jsonl",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["loss.png", "lr.png", "val_ap.png"]
     printed = capsys.readouterr().out
     assert re.search(r"^epoch 1/1  loss \d+\.\d{4}  AP \d\.\d{3}  AP50 \d\.\d{3}", printed, re.MULTILINE), printed
 
-    run_config = json.loads((out / "config.json").read_text())
+    run_config = yaml.safe_load((out / "config.yaml").read_text())
+    assert run_config["plaindet_version"] == plaindet.__version__ and run_config["seed"] == 0
     assert run_config["train"]["model"] == "plaindet-t" and run_config["train"]["epochs"] == 1
     assert run_config["model"]["class_names"] == ["circle", "square", "triangle"]
     assert run_config["model"]["category_ids"] == [1, 2, 3]  # the dataset's own ids

@@ -15,13 +15,20 @@ def load(path: str | os.PathLike, device: str = "cpu"):
     """
     from pathlib import Path
 
+    from plaindet.engine.checkpoint import TRAIN_STATE_FORMAT
     from plaindet.models.base import CHECKPOINT_FORMAT, model_from_state
 
     p = Path(path)
     if p.is_dir():
         p = p / "model.safetensors"
     state, meta = read_safetensors(p)
-    config = read_config(meta, p, CHECKPOINT_FORMAT)
+    if meta.get("format") == TRAIN_STATE_FORMAT:  # a training checkpoint: deploy its EMA weights
+        from plaindet.engine.checkpoint import TrainState
+
+        ckpt = TrainState(p, (state, meta))
+        config, state = ckpt.model_config, ckpt.inference_weights()
+    else:
+        config = read_config(meta, p, CHECKPOINT_FORMAT)
     try:
         model = model_from_state(config, state)
     except (ValueError, TypeError) as e:

@@ -100,54 +100,92 @@ def data_show(
 @app.command("train")
 def train_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="A registered model (see `plaindet models`); default plaindet-t."),
-    data: str = typer.Option(..., "--data", help="Dataset (COCO, YOLO or VOC), or 'shapes' for the built-in synthetic set."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset (COCO, YOLO or VOC), or 'shapes' for the built-in synthetic set."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for config.json, weights and metrics."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for config.yaml, checkpoints, logs and plots."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Global batch (split over torchrun processes)."),
+    accumulate: Optional[int] = typer.Option(None, "--accumulate", min=1, help="Batches per optimizer step."),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="After warmup: cosine or step."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", min=0),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="Long side of the training images."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", min=0, help="LoRA rank (0: no adapters)."),
     lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Where LoRA adapters go: neck, backbone or both."),
     backbone_weights: Optional[str] = typer.Option(
-        None, "--backbone-weights", help="CLIP weights (file or Hugging Face Hub id); freezes the backbone."
+        None, "--backbone-weights", help="Pretrained backbone weights (file or Hugging Face Hub id); freezes the backbone."
     ),
-    amp: Optional[str] = typer.Option(None, "--amp", help="Mixed precision: bf16, fp16 or off."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="Mixed precision: bf16, fp16 (GPU) or off."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", min=0.0, max=0.999999, help="EMA of the weights (0: off)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data-loading processes."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0),
     train_split: Optional[str] = typer.Option(None, "--train-split"),
     val_split: Optional[str] = typer.Option(None, "--val-split"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", min=0, help="Evaluate every N epochs (0: never)."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", min=0, help="Also keep epoch_N.safetensors every N epochs."),
+    save_every_steps: Optional[int] = typer.Option(None, "--save-every-steps", min=0, help="Update last.safetensors every N steps."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=0, help="Stop after N optimizer steps."),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Write TensorBoard events (extra: tensorboard)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (continue OUT/last.safetensors if any) or a checkpoint."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A YAML config (a run's config.yaml repeats that run); options given here override it."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any TrainConfig field: --set key=value (YAML value), repeatable."),
 ) -> None:
-    """Train a detector. Options left out take TrainConfig's defaults."""
-    from plaindet.engine.train import TrainConfig, train
+    """Train a detector. Settings come from TrainConfig's defaults, then --config, then the options given.
+
+    Multi-GPU or multi-process: launch the same command with torchrun, e.g.
+    `torchrun --nproc-per-node 2 -m plaindet train ...`.
+    """
+    import os
+
+    from plaindet.config import apply_overrides
+    from plaindet.engine.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
     from plaindet.models.registry import model_config
 
+    main_process = os.environ.get("RANK", "0") == "0"
     # Training logs its progress (dataset summaries, parameter counts, warnings) at INFO: show it.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("plaindet").setLevel(logging.INFO)
+    logging.getLogger("plaindet").setLevel(logging.INFO if main_process else logging.WARNING)
 
     given = {
-        "model": model,
-        "data": data,
-        "epochs": epochs,
-        "out": None if out is None else str(out),
-        "batch_size": batch_size,
-        "lr": lr,
-        "image_size": image_size,
-        "lora_rank": lora_rank,
-        "lora_targets": lora_targets,
-        "backbone_weights": backbone_weights,
-        "amp": amp,
-        "workers": workers,
-        "seed": seed,
-        "train_split": train_split,
-        "val_split": val_split,
-    }
+        "model": model, "data": data, "epochs": epochs, "out": None if out is None else str(out), "batch_size": batch_size,
+        "accumulate": accumulate, "lr": lr, "schedule": schedule, "warmup_steps": warmup_steps, "image_size": image_size,
+        "lora_rank": lora_rank, "lora_targets": lora_targets, "backbone_weights": backbone_weights, "amp": amp,
+        "ema_decay": ema_decay, "workers": workers, "seed": seed, "train_split": train_split, "val_split": val_split,
+        "eval_every": eval_every, "save_every": save_every, "save_every_steps": save_every_steps, "max_steps": max_steps,
+        "tensorboard": tensorboard, "device": device, "resume": resume,
+    }  # fmt: skip
+    overrides = {k: v for k, v in given.items() if v is not None}
     with _user_errors(ValueError):  # TrainConfig and model_config raise ValueError for bad values
-        cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+        import yaml
+
+        for item in set_ or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set takes key=value, got {item!r}")
+            overrides[key.strip()] = yaml.safe_load(value)
+        base = TrainConfig()
+        if config is not None:
+            try:
+                loaded = yaml.safe_load(config.read_text())
+            except yaml.YAMLError as e:
+                raise ValueError(f"{config}: not valid YAML ({e})") from None
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{config}: expected a mapping of TrainConfig fields")
+            base = apply_overrides(base, loaded.get("train", loaded), where=f"{config}")
+        elif data is None and resume is None:
+            raise ValueError("--data is required (or --config, or --resume)")
+        cfg = apply_overrides(base, overrides, where="train")
         model_config(cfg.model)  # an unknown model name fails now, with a suggestion, not after loading data
-    with _user_errors(ImportError):  # ImportError: an optional dependency (peft for LoRA) is missing
-        train(cfg)
-    typer.echo(f"run written to {cfg.out}: best.safetensors, last.safetensors, metrics.jsonl, config.json")
+    try:
+        with _user_errors(ImportError):  # ImportError: an optional dependency (peft, tensorboard) is missing
+            train(cfg)
+    except TrainingInterrupted as e:
+        typer.secho(f"interrupted: {e}", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(128 + e.signum) from None
+    except TrainingDiverged as e:
+        raise _fail(str(e)) from None
+    if main_process:
+        typer.echo(f"run written to {cfg.out}: best.safetensors, last.safetensors, metrics.csv, plots/, config.yaml")
 
 
 def _expand_images(inputs: list[Path]) -> list[Path]:

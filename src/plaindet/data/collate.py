@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["DetectionLoader", "EpochSampler", "collate", "make_loader"]
+__all__ = ["DetectionLoader", "EpochBatchSampler", "EpochSampler", "collate", "make_loader"]
 
 
 def collate(batch: Sequence[dict[str, Any]], *, size_divisor: int = 32) -> dict[str, Any]:
@@ -96,6 +96,49 @@ class EpochSampler(Sampler[int]):
         return self.num_samples
 
 
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of :class:`EpochSampler`'s order, split across data-parallel ranks, resumable mid-epoch.
+
+    The epoch's order is cut into global batches of ``batch_size`` samples; rank ``r`` of
+    ``world_size`` gets the ``r``-th contiguous slice of each (``batch_size // world_size`` samples).
+    So every optimizer step sees the same samples whatever the number of processes, and a run on two
+    processes matches a run on one with the same global batch. ``set_epoch(epoch, start_batch)``
+    skips the first ``start_batch`` batches without reading them: how a resumed run continues
+    exactly where the interrupted one stopped.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"the batch size {batch_size} must be a multiple of the number of processes {world_size}")
+        if world_size > 1 and not drop_last and num_samples % batch_size:
+            drop_last = True  # a short last batch cannot be split evenly over the ranks
+        self.order = EpochSampler(num_samples, shuffle=shuffle, seed=seed)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.order.set_epoch(epoch)
+        self.start_batch = start_batch
+
+    def __len__(self) -> int:
+        n = self.order.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.order)
+        local = self.batch_size // self.world_size
+        for b in range(self.start_batch, len(self)):
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size > 1:
+                batch = batch[self.rank * local : (self.rank + 1) * local]
+            yield batch
+
+
 def _seed_worker(worker_id: int) -> None:
     # torch seeds each worker from the loader's generator; derive Python's and NumPy's global
     # generators from it too, so any code that uses them in a worker is reproducible. (Our own
@@ -108,9 +151,10 @@ def _seed_worker(worker_id: int) -> None:
 class DetectionLoader(DataLoader):
     """A :class:`~torch.utils.data.DataLoader` with :meth:`set_epoch`; build it with :func:`make_loader`."""
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select epoch ``epoch``'s sample order and augmentation randomness. Call before iterating."""
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select epoch ``epoch``'s sample order and augmentation randomness, starting at batch
+        ``start_batch`` of the epoch. Call before iterating."""
+        self.batch_sampler.set_epoch(epoch, start_batch)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
@@ -125,6 +169,8 @@ def make_loader(
     drop_last: bool = False,
     size_divisor: int = 32,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DetectionLoader:
     """A reproducible loader of :func:`collate` batches.
 
@@ -135,14 +181,15 @@ def make_loader(
 
     Workers are not persistent: they are started for each pass and receive a fresh copy of the
     dataset, which is how the epoch set in the main process reaches them.
+
+    ``batch_size`` is the global batch; with ``world_size`` processes each loads its ``rank``-th
+    share (see :class:`EpochBatchSampler`).
     """
     return DetectionLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
+        batch_sampler=EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size),
         num_workers=num_workers,
         collate_fn=functools.partial(collate, size_divisor=size_divisor),
-        drop_last=drop_last,
         pin_memory=pin_memory,
         worker_init_fn=_seed_worker if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from plaindet.ops.boxes import generalized_box_iou
-from plaindet.ops.losses import focal_cost, sigmoid_focal_loss
+from plaindet.ops.losses import focal_cost, loss_normalizer, sigmoid_focal_loss
 from plaindet.ops.matching import min_cost_assignment
 
 
@@ -121,17 +121,19 @@ class OneToOneCriterion(nn.Module):
         return {"cls": loss_cls, "l1": loss_l1, "giou": loss_giou}
 
     def forward(self, outputs: dict, targets: list[dict], num_boxes: float | None = None) -> dict[str, Tensor]:
-        """``num_boxes``: objects in the global batch (sum over processes in distributed training)."""
+        """``num_boxes``: the loss divisor; by default the objects in the global batch, divided by the
+        number of processes (see :func:`~plaindet.ops.losses.loss_normalizer`)."""
+        device = outputs["logits"].device
         if num_boxes is None:
-            num_boxes = float(sum(len(t["labels"]) for t in targets))
-        num_boxes = max(float(num_boxes), 1.0)
+            num_boxes = loss_normalizer(sum(len(t["labels"]) for t in targets), device)
+        num_boxes = max(float(num_boxes), 1e-6)
         parts = self._branch_loss(outputs, targets, self.match(outputs, targets), num_boxes)
         losses = {f"loss_{k}": v for k, v in parts.items()}
         total = self.w.cls * parts["cls"] + self.w.l1 * parts["l1"] + self.w.giou * parts["giou"]
         if "aux" in outputs:
             aux = outputs["aux"]
             indices = self.match_many(aux, targets)
-            n_aux = max(float(sum(len(p) for p, _ in indices)), 1.0)
+            n_aux = loss_normalizer(sum(len(p) for p, _ in indices), device)
             aux_parts = self._branch_loss(aux, targets, indices, n_aux)
             losses.update({f"loss_aux_{k}": v for k, v in aux_parts.items()})
             total = total + self.w.cls * aux_parts["cls"] + self.w.l1 * aux_parts["l1"] + self.w.giou * aux_parts["giou"]

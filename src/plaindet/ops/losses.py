@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -35,3 +36,21 @@ def focal_cost(logits: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tenso
     pos = alpha * (1 - p) ** gamma * (-(p + eps).log())
     neg = (1 - alpha) * p**gamma * (-(1 - p + eps).log())
     return pos - neg
+
+
+def loss_normalizer(count: float, device: torch.device | None = None) -> float:
+    """The divisor that makes a per-object loss sum equal its global-batch mean under data parallelism.
+
+    DDP averages gradients over the ``W`` processes, so each process divides its own loss sum by
+    ``total / W``, where ``total`` is ``count`` summed over processes: the averaged gradient then
+    equals that of one process holding the whole batch (``sum / total``). Without a process group
+    this is ``max(count, 1)``.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([float(count)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return max(t.item(), 1.0) / dist.get_world_size()
+    return max(float(count), 1.0)
+

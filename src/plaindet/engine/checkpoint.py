@@ -1,0 +1,163 @@
+"""Training checkpoints: everything a run needs to continue bit for bit, in one safetensors file.
+
+A checkpoint holds the model's raw weights (``model.*``), its EMA (``ema.*``, only the tensors that
+differ from the raw ones: a frozen backbone is stored once), the optimizer's tensors
+(``optim.<param index>.<name>``), the RNG states (``rng.*``), and as JSON in the header: the model
+config (so :func:`plaindet.load` reads a checkpoint like any saved model, taking the EMA weights),
+the training config, the optimizer's param groups, the gradient scaler, the EMA's update count, the
+Python and NumPy RNG states, and the progress (epoch, batch within the epoch, step, best AP).
+
+Files are written through :func:`plaindet.checkpoint.atomic_write` (temporary file, fsync, rename),
+so a kill at any instant leaves the previous checkpoint or the new one, never a torn file. Nothing is
+unpickled when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from plaindet.checkpoint import CheckpointError, read_config, read_safetensors, save_safetensors
+
+TRAIN_STATE_FORMAT = "plaindet-train-state"
+
+
+def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Every RNG a training step may draw from: torch (CPU and CUDA), NumPy's and Python's globals."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).view(np.int32).copy())
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": _py_state(random.getstate())}
+    return tensors, meta
+
+
+def _py_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, gauss = meta["numpy"]
+    keys = tensors["rng.numpy"].numpy().view(np.uint32)
+    np.random.set_state((kind, keys, pos, has_gauss, gauss))
+    version, internal, py_gauss = meta["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+
+
+def save_train_state(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    ema: Any,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    train_config: dict,
+    progress: dict,
+) -> Path:
+    """Write a resumable checkpoint atomically. ``ema`` is a :class:`~plaindet.engine.ema.ModelEMA` or ``None``."""
+    from plaindet import __version__
+    from plaindet.config import to_dict
+
+    raw = model.state_dict()
+    tensors = {f"model.{k}": v for k, v in raw.items()}
+    meta: dict[str, Any] = {}
+    if ema is not None:
+        for k, v in ema.module.state_dict().items():
+            if not torch.equal(v, raw[k]):
+                tensors[f"ema.{k}"] = v
+        meta["ema"] = {"updates": ema.updates, "decay": ema.decay}
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for name, value in state.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"optimizer state {name!r} is not a tensor; cannot store it safely")
+            tensors[f"optim.{idx}.{name}"] = value
+    rng_tensors, rng_meta = rng_state()
+    tensors.update(rng_tensors)
+    meta.update(
+        {
+            "param_groups": opt["param_groups"],
+            "optim_state_keys": sorted(opt["state"]),
+            "scaler": scaler.state_dict(),
+            "rng": rng_meta,
+            "progress": progress,
+            "train_config": train_config,
+        }
+    )
+    header = {
+        "format": TRAIN_STATE_FORMAT,
+        "plaindet_version": __version__,
+        "config": json.dumps(to_dict(model.config)),
+        "train_state": json.dumps(meta),
+    }
+    return save_safetensors(tensors, path, header)
+
+
+class TrainState:
+    """A checkpoint read back: ``tensors`` and ``meta`` (the decoded JSON), with restore helpers."""
+
+    def __init__(self, path: str | os.PathLike, loaded: tuple[dict, dict] | None = None) -> None:
+        """``loaded``: the file's ``(tensors, header)`` if already read."""
+        self.path = Path(path)
+        self.tensors, header = loaded if loaded is not None else read_safetensors(self.path)
+        if header.get("format") != TRAIN_STATE_FORMAT or "train_state" not in header:
+            raise CheckpointError(f"{self.path}: not a training checkpoint (format={header.get('format')!r}); --resume needs last.safetensors or an epoch checkpoint of a run")
+        try:
+            self.meta = json.loads(header["train_state"])
+            self.model_config = read_config(header, self.path, TRAIN_STATE_FORMAT)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{self.path}: its training state header is not valid JSON ({e})") from None
+
+    @property
+    def progress(self) -> dict:
+        return self.meta["progress"]
+
+    @property
+    def train_config(self) -> dict:
+        return self.meta["train_config"]
+
+    def _prefixed(self, prefix: str) -> dict[str, Tensor]:
+        n = len(prefix)
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def restore(self, model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        """Load weights, EMA, optimizer, scaler and RNG states into freshly built objects."""
+        raw = self._prefixed("model.")
+        missing, unexpected = model.load_state_dict(raw, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{self.path}: weights do not match the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        if ema is not None:
+            if "ema" not in self.meta:
+                raise CheckpointError(f"{self.path}: the run had no EMA, but this one has ema_decay > 0")
+            ema.module.load_state_dict({**raw, **self._prefixed("ema.")})
+            ema.updates = int(self.meta["ema"]["updates"])
+        opt_state: dict[int, dict[str, Tensor]] = {}
+        for key, value in self._prefixed("optim.").items():
+            idx, name = key.split(".", 1)
+            opt_state.setdefault(int(idx), {})[name] = value
+        optimizer.load_state_dict({"state": opt_state, "param_groups": self.meta["param_groups"]})
+        if self.meta.get("scaler"):
+            scaler.load_state_dict(self.meta["scaler"])
+        set_rng_state(self._prefixed_full("rng."), self.meta["rng"])
+
+    def _prefixed_full(self, prefix: str) -> dict[str, Tensor]:
+        return {k: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def inference_weights(self) -> dict[str, Tensor]:
+        """The weights to deploy: the EMA where there is one, else the raw weights."""
+        return {**self._prefixed("model."), **self._prefixed("ema.")}

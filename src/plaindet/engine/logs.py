@@ -1,0 +1,147 @@
+"""What a run records: per-step and per-epoch metrics (JSON lines and CSV), TensorBoard, and plots.
+
+``steps.jsonl``/``steps.csv`` get one row per optimizer step (loss, its parts, learning rate);
+``metrics.jsonl``/``metrics.csv`` one row per epoch (loss, validation AP...). A resumed run first
+cuts every log back to the checkpoint's step, so the logs of an interrupted and resumed run equal
+those of an uninterrupted one. Only the main process creates a :class:`RunLog`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from plaindet.checkpoint import atomic_write
+
+log = logging.getLogger("plaindet")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a kill mid-write
+                break
+    return rows
+
+
+class _Table:
+    """One log as JSON lines plus a CSV with the same rows (columns fixed by the first row)."""
+
+    def __init__(self, folder: Path, name: str, key: str, keep_until: int | None) -> None:
+        self.jsonl = folder / f"{name}.jsonl"
+        self.csv = folder / f"{name}.csv"
+        rows = _read_jsonl(self.jsonl)
+        if keep_until is not None:
+            rows = [r for r in rows if r.get(key, 0) <= keep_until]
+        else:
+            rows = []
+        self.rows = rows
+        self.columns: list[str] = list(rows[0]) if rows else []
+        # Rewrite both files from the kept rows (atomically): the cut-back resume and a fresh start alike.
+        atomic_write(self.jsonl, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+        atomic_write(self.csv, self._write_csv)
+        self._jf = self.jsonl.open("a")
+        self._cf = self.csv.open("a", newline="")
+
+    def _write_csv(self, tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            if self.columns:
+                w = csv.DictWriter(f, self.columns, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(self.rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._jf.write(json.dumps(row) + "\n")
+        self._jf.flush()
+        if not self.columns:
+            self.columns = list(row)
+            csv.DictWriter(self._cf, self.columns).writeheader()
+        csv.DictWriter(self._cf, self.columns, extrasaction="ignore").writerow(row)
+        self._cf.flush()
+
+    def close(self) -> None:
+        self._jf.close()
+        self._cf.close()
+
+
+class RunLog:
+    """The run folder's logs. ``resume_step``: cut the logs back to this step (``None``: start afresh)."""
+
+    def __init__(self, folder: Path, *, resume_step: int | None, resume_epoch: int | None, tensorboard: bool) -> None:
+        self.folder = folder
+        self.steps = _Table(folder, "steps", "step", resume_step)
+        self.epochs = _Table(folder, "metrics", "epoch", resume_epoch)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("TensorBoard logging needs the tensorboard package: pip install 'plaindet[tensorboard]'") from None
+            # purge_step drops events past the checkpoint, so a resumed run's curves do not fork.
+            self.tb = SummaryWriter(str(folder / "tensorboard"), purge_step=(resume_step + 1) if resume_step else None)
+
+    def step(self, row: dict[str, Any]) -> None:
+        self.steps.append(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self.epochs.append(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"val/{k}" if k.startswith("AP") or k.startswith("AR") else f"epoch/{k}", v, row["step"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.steps.close()
+        self.epochs.close()
+        if self.tb is not None:
+            self.tb.close()
+
+    def plot(self) -> list[Path]:
+        """Loss and learning-rate curves per step and validation AP per epoch, as PNGs in ``plots/``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = self.folder / "plots"
+        out.mkdir(exist_ok=True)
+        written = []
+        steps = self.steps.rows
+        curves = [("loss.png", "loss", "training loss"), ("lr.png", "lr", "learning rate")]
+        for name, key, title in curves:
+            xs = [r["step"] for r in steps if key in r]
+            if not xs:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            ax.plot(xs, [r[key] for r in steps if key in r], lw=1)
+            ax.set(xlabel="step", title=title)
+            if key == "loss":
+                ax.set_yscale("log")
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=100)
+            plt.close(fig)
+            written.append(out / name)
+        epochs = [r for r in self.epochs.rows if r.get("AP") is not None]
+        if epochs:
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            for key in ("AP", "AP50", "AP75"):
+                ax.plot([r["epoch"] for r in epochs], [r[key] for r in epochs], marker="o", label=key)
+            ax.set(xlabel="epoch", ylabel="validation", ylim=(0, 1), title="validation AP")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out / "val_ap.png", dpi=100)
+            plt.close(fig)
+            written.append(out / "val_ap.png")
+        return written

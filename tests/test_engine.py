@@ -1,0 +1,214 @@
+"""The training engine's promises: exact resume, crash safety, fault handling, logs and config repeat."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import plaindet
+from plaindet.checkpoint import read_safetensors
+from plaindet.engine import train as train_mod
+from plaindet.engine.checkpoint import TrainState
+from plaindet.engine.train import TrainConfig, TrainingDiverged, TrainingInterrupted, lr_factor, param_groups, train
+
+
+def _cfg(tiny_shapes, out, **kw) -> TrainConfig:
+    base = dict(
+        model="plaindet-t",
+        data=str(tiny_shapes),
+        val_split="valid",
+        out=str(out),
+        epochs=2,
+        batch_size=4,
+        image_size=64,
+        amp="off",
+        warmup_steps=2,
+        model_overrides={"neck_channels": 32, "backbone": {"depth": 2}},
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _steps(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state, _ = read_safetensors(path)
+    return {k: v for k, v in state.items() if k.startswith(("model.", "ema.", "optim."))}
+
+
+class _StopAfter:
+    """Stands in for the signal handler: reports SIGTERM from the ``n``-th check on."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.checks = n, 0
+
+    @property
+    def signum(self):
+        self.checks += 1
+        return signal.SIGTERM if self.checks >= self.n else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("stop_at", [3, 6])  # mid-epoch, and right after an epoch's last step
+def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(tiny_shapes, tmp_path, monkeypatch, stop_at):
+    ref = tmp_path / "ref"
+    train(_cfg(tiny_shapes, ref, augment={"crop": 0.5, "hflip": 0.5}))  # augmentation draws randomness too
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(train_mod, "_StopSignals", lambda: _StopAfter(stop_at))
+    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+        train(_cfg(tiny_shapes, cut, augment={"crop": 0.5, "hflip": 0.5}))
+    monkeypatch.undo()
+    assert len(_steps(cut)) == stop_at
+    assert TrainState(cut / "last.safetensors").progress["step"] == stop_at
+    # Resume with only the run folder: the settings come from the checkpoint.
+    train(TrainConfig(out=str(cut), resume="auto"))
+
+    assert _steps(cut) == _steps(ref)  # per-step losses, learning rates and gradient norms
+    a, b = _weights(ref / "last.safetensors"), _weights(cut / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [json.loads(x)["epoch"] for x in (cut / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_checkpoint_is_loadable_and_holds_ema_and_raw_weights(tiny_shapes, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(tiny_shapes, out, epochs=1, ema_decay=0.9))
+    ckpt = TrainState(out / "last.safetensors")
+    assert ckpt.progress == {"epoch": 1, "batch": 0, "step": 4, "best": ckpt.progress["best"], "bad_steps": 0}
+    assert any(k.startswith("ema.") for k in ckpt.tensors) and any(k.startswith("optim.") for k in ckpt.tensors)
+    model = plaindet.load(out / "last.safetensors")  # the deployable view: EMA weights
+    ema = ckpt.inference_weights()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    raw = {k[len("model.") :]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if k in ema)
+    model.save(tmp_path / "plain.safetensors")
+    with pytest.raises(plaindet.checkpoint.CheckpointError, match="not a training checkpoint"):
+        TrainState(tmp_path / "plain.safetensors")
+
+
+def test_nan_loss_skips_the_step_and_repeated_nans_stop_the_run(tiny_shapes, tmp_path, monkeypatch, caplog):
+    calls = {"n": 0}
+    real = plaindet.models.criterion.OneToOneCriterion.forward
+
+    def flaky(self, outputs, targets, num_boxes=None):
+        calls["n"] += 1
+        losses = real(self, outputs, targets, num_boxes)
+        if calls["n"] == 2:  # one bad step
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(plaindet.models.criterion.OneToOneCriterion, "forward", flaky)
+    out = tmp_path / "run"
+    train(_cfg(tiny_shapes, out, epochs=1))
+    steps = _steps(out)
+    assert [r["skipped"] for r in steps] == [False, True, False, False]
+    assert "non-finite loss or gradient, step skipped" in caplog.text
+
+    def always_nan(self, outputs, targets, num_boxes=None):
+        losses = real(self, outputs, targets, num_boxes)
+        losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    before = _weights(out / "last.safetensors")
+    monkeypatch.setattr(plaindet.models.criterion.OneToOneCriterion, "forward", always_nan)
+    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):
+        train(_cfg(tiny_shapes, out, epochs=3, max_bad_steps=3, resume="auto"))
+    after = _weights(out / "last.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the last good checkpoint is kept
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_shapes, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "run"
+    train(_cfg(tiny_shapes, out, epochs=1))
+    before = (out / "last.safetensors").read_bytes()
+
+    import safetensors.torch
+
+    def full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError, match="could not be written"):
+        train(_cfg(tiny_shapes, out, epochs=2, resume="auto"))
+    assert "No space left on device" in caplog.text and "the previous last.safetensors is intact" in caplog.text
+    assert (out / "last.safetensors").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    TrainState(out / "last.safetensors")
+
+
+def test_param_groups_by_part_and_step_schedule():
+    model = plaindet.create_model("plaindet-t", num_classes=3)
+    cfg = TrainConfig(backbone_lr_mult=0.1, neck_lr_mult=0.5, head_lr_mult=2.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in param_groups(model, cfg):
+        parts = {names[id(p)].split(".")[0] for p in g["params"]}
+        expected = {"backbone": 0.1, "neck": 0.5, "head": 2.0, "aux_head": 2.0}
+        assert {expected[p] for p in parts} == {g["lr_mult"]}, (g["name"], parts)
+    f = [lr_factor(s, 100, 10, 0.0, "step", (50, 80), 0.1) for s in range(100)]
+    assert f[9] == 1.0 and f[49] == 1.0 and f[50] == pytest.approx(0.1) and f[80] == pytest.approx(0.01)
+
+
+def test_accumulation_takes_one_optimizer_step_per_window(tiny_shapes, tmp_path):
+    a = train(_cfg(tiny_shapes, tmp_path / "a", epochs=1, batch_size=8, eval_every=0, ema_decay=0, lr=1e-4))
+    b = train(_cfg(tiny_shapes, tmp_path / "b", epochs=1, batch_size=2, accumulate=4, eval_every=0, ema_decay=0, lr=1e-4))
+    assert len(_steps(tmp_path / "a")) == len(_steps(tmp_path / "b")) == 2
+    assert a["step"] == b["step"] == 2
+
+
+def test_run_config_repeats_the_run(tiny_shapes, tmp_path):
+    from typer.testing import CliRunner
+
+    from plaindet.cli import app
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_shapes, out, epochs=1, eval_every=0))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["resume"] == "" and saved["seed"] == 0
+    result = CliRunner().invoke(app, ["train", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    a, b = _weights(out / "last.safetensors"), _weights(tmp_path / "again" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    bad = CliRunner().invoke(app, ["train", "--config", str(out / "config.yaml"), "--set", "epoch=3"])
+    assert bad.exit_code == 2 and "did you mean 'epochs'" in bad.output
+
+
+def test_sigterm_saves_and_exits_then_resume_auto_finishes(tiny_shapes, tmp_path):
+    """The real signal path, in a child process: SIGTERM mid-run saves last.safetensors and exits 143."""
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_shapes, out, epochs=40, eval_every=0)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(plaindet.config.to_dict(cfg)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "plaindet", "train", "--config", str(cfg_file)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and not ((out / "steps.jsonl").is_file() and _steps(out)) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "interrupted: SIGTERM" in output and "Traceback" not in output
+    done = TrainState(out / "last.safetensors").progress["step"]
+    assert 1 <= done < 40 * 4 and len(_steps(out)) == done
