@@ -212,3 +212,16 @@ def test_sigterm_saves_and_exits_then_resume_auto_finishes(tiny_shapes, tmp_path
     assert "interrupted: SIGTERM" in output and "Traceback" not in output
     done = TrainState(out / "last.safetensors").progress["step"]
     assert 1 <= done < 40 * 4 and len(_steps(out)) == done
+
+
+def test_tensorboard_events_are_written(tiny_shapes, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is part of the dev install")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_shapes, out, epochs=1, tensorboard=True))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "val/AP"} <= set(tags)
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]

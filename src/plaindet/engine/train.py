@@ -354,6 +354,10 @@ def _train(cfg: TrainConfig, on_epoch, datasets, world) -> dict:
         from plaindet.checkpoint import atomic_write
 
         out.mkdir(parents=True, exist_ok=True)
+        # Checkpoint writes cut short by a kill: ours (.NAME.*.tmp) and safetensors' own (.tmp*).
+        for stale in [*out.glob(".*.safetensors.*.tmp"), *out.glob(".tmp*")]:
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
         saved_cfg = {**to_dict(cfg), "resume": ""}
         run_config = {"plaindet_version": __version__, "seed": cfg.seed, "train": saved_cfg, "model": to_dict(model.config)}
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(run_config, sort_keys=False)))
