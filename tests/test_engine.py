@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -225,3 +226,31 @@ def test_tensorboard_events_are_written(tiny_shapes, tmp_path):
     tags = events.Tags()["scalars"]
     assert {"train/loss", "train/lr", "val/AP"} <= set(tags)
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_distill_labels_unlabeled_images_with_the_teacher_and_trains_the_student(tiny_shapes, tmp_path):
+    from plaindet.data import load_dataset
+    from plaindet.engine.distill import DistillConfig, distill, distill_datasets
+
+    teacher_dir = tmp_path / "teacher"
+    train(_cfg(tiny_shapes, teacher_dir, epochs=1, eval_every=0))
+    teacher = plaindet.load(teacher_dir / "last.safetensors")
+    train_set = load_dataset(tiny_shapes, split="train")
+    dcfg = DistillConfig(teacher=str(teacher_dir / "last.safetensors"), unlabeled_from_train=6, threshold=0.0, mode="union")
+    mixed = distill_datasets(dcfg, train_set, teacher)
+    assert len(mixed) == len(train_set)
+    # The 10 labeled images keep their ground truth first; the 6 unlabeled get the teacher's boxes only.
+    for s, orig in zip(mixed.samples[:10], train_set.samples[:10]):
+        np.testing.assert_array_equal(s.boxes[: len(orig.boxes)], orig.boxes)
+    expected = teacher.predict([s.image_path for s in train_set.samples[10:]], threshold=0.0)
+    for s, det in zip(mixed.samples[10:], expected):
+        boxes = np.clip(det.boxes, 0, [s.width, s.height] * 2)
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        np.testing.assert_allclose(s.boxes, boxes[keep], atol=1e-4)
+        np.testing.assert_array_equal(s.labels, det.labels[keep])
+    assert sum(len(s.boxes) for s in mixed.samples[10:]) > 0
+
+    best = distill(_cfg(tiny_shapes, tmp_path / "student", epochs=1), DistillConfig(teacher=dcfg.teacher, unlabeled_from_train=6, threshold=0.0))
+    assert best["step"] == 4 and (tmp_path / "student" / "best.safetensors").is_file()
+    with pytest.raises(ValueError, match="mode"):
+        DistillConfig(mode="soft")

@@ -65,6 +65,4 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
 def _import_variants() -> None:
     # Variants register themselves when their module is imported; importing here (not at package
     # import) keeps `import plaindet` light and the registry complete before any lookup.
-    import plaindet.models.patchtok  # noqa: F401
     import plaindet.models.plaindet  # noqa: F401
-    from plaindet.models import deperceiver, detr  # noqa: F401
