@@ -188,6 +188,44 @@ def train_cmd(
         typer.echo(f"run written to {cfg.out}: best.safetensors, last.safetensors, metrics.csv, plots/, config.yaml")
 
 
+@app.command("distill")
+def distill_cmd(
+    teacher: Path = typer.Option(..., "--teacher", help="A trained model (.safetensors) whose predictions the student learns."),
+    student: str = typer.Option("plaindet-t", "--student", help="The registered model to train."),
+    data: str = typer.Option(..., "--data", help="Labeled dataset (its validation split evaluates the student)."),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="A folder of unlabeled images the teacher labels."),
+    unlabeled_from_train: int = typer.Option(0, "--unlabeled-from-train", min=0, help="Treat the last N training images as unlabeled."),
+    threshold: float = typer.Option(0.35, "--threshold", min=0.0, max=1.0, help="Teacher score that makes a box a target."),
+    mode: str = typer.Option("union", "--mode", help="Labeled images: union (labels + teacher's extra boxes), teacher or labels."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    out: Optional[Path] = typer.Option(None, "--out"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=32),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any TrainConfig field: --set key=value, repeatable."),
+) -> None:
+    """Train a smaller student on a trained teacher's predictions (labeled and unlabeled images)."""
+    import yaml
+
+    from plaindet.config import apply_overrides
+    from plaindet.engine.distill import DistillConfig, distill
+    from plaindet.engine.train import TrainConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("plaindet").setLevel(logging.INFO)
+    given = {"model": student, "data": data, "epochs": epochs, "out": None if out is None else str(out), "image_size": image_size, "batch_size": batch_size}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    with _user_errors(ValueError):
+        for item in set_ or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set takes key=value, got {item!r}")
+            overrides[key.strip()] = yaml.safe_load(value)
+        cfg = apply_overrides(TrainConfig(), overrides, where="train")
+        dcfg = DistillConfig(teacher=str(teacher), unlabeled="" if unlabeled is None else str(unlabeled), unlabeled_from_train=unlabeled_from_train, threshold=threshold, mode=mode)
+        best = distill(cfg, dcfg)
+    typer.echo(f"student written to {cfg.out}; best " + "  ".join(f"{k} {best[k]:.3f}" for k in ("AP", "AP50") if best.get(k) is not None))
+
+
 def _expand_images(inputs: list[Path]) -> list[Path]:
     """Files as given; folders replaced by their image files (by suffix, sorted, not recursive)."""
     from plaindet.data.images import IMAGE_SUFFIXES
