@@ -1,0 +1,432 @@
+"""DETR (Carion et al. 2020): a ResNet, a transformer encoder-decoder, and a set of object queries.
+
+The backbone's stride-32 features are projected to ``hidden_dim``, given a 2-d sine position
+encoding and refined by a post-norm transformer encoder; ``num_queries`` learned query embeddings
+then attend to them through the decoder, and every decoder layer's output (after a shared final
+LayerNorm) goes through the same class and box heads: the last for predictions, the others for the
+auxiliary losses. Attention runs through ``F.scaled_dot_product_attention``, which picks the flash
+or memory-efficient kernel on GPU.
+
+The parts that DETR shares with the models built on it (:mod:`~plaindet.models.deperceiver`) live
+here: the decoder, the heads, :class:`SetDetector` (normalization, heads, postprocess, criterion)
+and the backbone freezing rule. Weight conversion from the published DETR checkpoints and from
+``transformers`` is in :mod:`~plaindet.models.detr_convert`.
+
+Inputs are not masked: a padded batch's padding is part of the image the model sees, as for the
+flagship detector, and boxes are normalized to the padded input (``image_wh`` in the outputs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from plaindet.models.base import DetectionModel
+from plaindet.models.detr_criterion import SetCriterion, SetLossConfig
+from plaindet.models.registry import register_model
+from plaindet.models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet, load_resnet_weights
+from plaindet.ops.boxes import cxcywh_to_xyxy
+
+log = logging.getLogger("plaindet")
+
+# DETR's recipe with pretrained ResNet weights: the stem and layer1 stay frozen, the rest fine-tunes
+# (at the engine's backbone_lr_mult, 0.1: DETR's 1e-5 against 1e-4).
+PRETRAINED_FROZEN_STAGES = 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def sine_position_embedding(height: int, width: int, dim: int, device: torch.device, temperature: float = 10000.0) -> Tensor:
+    """DETR's 2-d sine position encoding of an unmasked ``height x width`` grid: ``(height * width, dim)``.
+
+    Row and column indices ``1..n`` are normalized to ``(0, 2 pi]``; the first ``dim / 2`` channels
+    encode the row, the rest the column, each as ``sin, cos`` pairs of geometric frequencies
+    (interleaved, the published weights' order). Rows are flattened row-major (``y * width + x``).
+    Built from ``arange`` over the feature size, so an exported graph keeps the size symbolic.
+    """
+    half = dim // 2
+    eps, scale = 1e-6, 2 * math.pi
+    y = torch.arange(1, height + 1, dtype=torch.float32, device=device)
+    x = torch.arange(1, width + 1, dtype=torch.float32, device=device)
+    y = y / (y[-1:] + eps) * scale
+    x = x / (x[-1:] + eps) * scale
+    freq = torch.arange(half, dtype=torch.float32, device=device)
+    freq = temperature ** (2 * torch.div(freq, 2, rounding_mode="floor") / half)
+
+    def encode(pos: Tensor) -> Tensor:  # (n,) -> (n, half): sin of even channels, cos of odd, interleaved
+        angles = pos[:, None] / freq
+        return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)
+
+    pos_y = encode(y)[:, None, :].expand(height, width, half)
+    pos_x = encode(x)[None, :, :].expand(height, width, half)
+    return torch.cat((pos_y, pos_x), dim=2).reshape(height * width, dim)
+
+
+def input_wh(images: Tensor) -> Tensor:
+    """``(2,)`` float32 ``[W, H]`` of ``images (B, C, H, W)``, built from tensor ops (not a constant),
+    so a traced or exported graph keeps it tied to the input's size."""
+    h, w = images.shape[-2:]
+    one = torch.ones((), dtype=torch.float32, device=images.device)
+    return torch.stack((one * w, one * h))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (position encodings are added to queries
+    and keys but not to values, so the three inputs differ).
+
+    ``query (B, Lq, D)``, ``key (B, Lk, D)``, ``value (B, Lk, D)`` -> ``(B, Lq, D)``.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        b, lq, d = query.shape
+        lk = key.shape[1]
+        q = self.q_proj(query).view(b, lq, self.heads, -1).transpose(1, 2)
+        k = self.k_proj(key).view(b, lk, self.heads, -1).transpose(1, 2)
+        v = self.v_proj(value).view(b, lk, self.heads, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(b, lq, d))
+
+
+class FeedForward(nn.Module):
+    """``fc2(dropout(relu(fc1(x))))``: ``(..., D) -> (..., D)`` through ``hidden`` channels."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm self-attention layer; the position encoding is added to queries and keys.
+
+    ``x (B, S, D)``, ``pos (1 or B, S, D)`` -> ``(B, S, D)``.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = Attention(dim, heads, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, ffn_dim, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, pos: Tensor) -> Tensor:
+        qk = x + pos
+        x = self.norm1(x + self.dropout(self.self_attn(qk, qk, x)))
+        return self.norm2(x + self.dropout(self.mlp(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm decoder layer: query self-attention, cross-attention to the memory, feed-forward.
+
+    ``tgt (B, Q, D)``, ``query_pos (1 or B, Q, D)`` (added to queries and self-attention keys),
+    ``memory (B, S, D)``, ``memory_pos (1 or B, S, D)`` or ``None`` (added to cross-attention keys)
+    -> ``(B, Q, D)``.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = Attention(dim, heads, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, ffn_dim, dropout)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tgt: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor | None) -> Tensor:
+        qk = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout(self.self_attn(qk, qk, tgt)))
+        key = memory if memory_pos is None else memory + memory_pos
+        tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, key, memory)))
+        return self.norm3(tgt + self.dropout(self.mlp(tgt)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`EncoderLayer`. ``x (B, S, D)``, ``pos (1 or B, S, D)`` -> ``(B, S, D)``."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, depth: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(dim, heads, ffn_dim, dropout) for _ in range(depth))
+
+    def forward(self, x: Tensor, pos: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, pos)
+        return x
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of :class:`DecoderLayer` with a shared final LayerNorm; the queries start at zero.
+
+    ``query_pos (Q, D)``, ``memory (B, S, D)``, ``memory_pos`` as in :class:`DecoderLayer`. Returns
+    ``(L, B, Q, D)``: the normed output of every layer if ``all_layers``, else of the last (L = 1).
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, depth: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn_dim, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        # The first layer's self-attention values are projections of the all-zero initial queries:
+        # only the bias reaches the output, so the weight can never learn. Frozen to say so (the
+        # published weights still load into it).
+        if depth:
+            self.layers[0].self_attn.v_proj.weight.requires_grad_(False)
+
+    def forward(self, query_pos: Tensor, memory: Tensor, memory_pos: Tensor | None, all_layers: bool) -> Tensor:
+        query_pos = query_pos[None]
+        tgt = torch.zeros(memory.shape[0], query_pos.shape[1], memory.shape[2], dtype=memory.dtype, device=memory.device)
+        outputs = []
+        for layer in self.layers:
+            tgt = layer(tgt, query_pos, memory, memory_pos)
+            if all_layers:
+                outputs.append(self.norm(tgt))
+        return torch.stack(outputs) if all_layers else self.norm(tgt)[None]
+
+
+class BoxHead(nn.Module):
+    """DETR's box MLP: ``layers`` linear layers with ReLU between. ``(..., D) -> (..., 4)`` logits of
+    cxcywh (a sigmoid makes them normalized boxes)."""
+
+    def __init__(self, dim: int, layers: int = 3) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, 4 if i == layers - 1 else dim) for i in range(layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+def xavier_init(module: nn.Module) -> None:
+    """DETR's transformer initialization: Xavier-uniform for every matrix, defaults for the rest."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+# ------------------------------------------------------------------------------------------------
+# The shared set-prediction detector
+
+
+class SetDetector(DetectionModel):
+    """What DETR-style models share: pixel normalization, a ResNet, object queries decoded against a
+    memory, class and box heads on every decoder layer, the set criterion and the postprocess.
+
+    A subclass builds ``self.backbone`` (a :class:`ResNet`), ``self.decoder`` (a
+    :class:`TransformerDecoder`), ``self.query_embed``, ``self.class_embed``, ``self.bbox_embed`` and
+    implements :meth:`encode`, then calls :meth:`_finish_init`.
+
+    ``forward(images, targets=None)``: ``images (B, 3, H, W)`` uint8 or float in [0, 255], ``H`` and
+    ``W`` multiples of :attr:`size_divisor`; ``targets`` are ignored. Returns
+
+    - ``logits (B, Q, K + 1)``: class logits, the last is "no object";
+    - ``boxes (B, Q, 4)``: cxcywh normalized to the input (padded) image, in [0, 1];
+    - ``image_wh (2,)``: the input's width and height in pixels (postprocess scales boxes by it);
+    - in training with ``aux_loss``: ``aux_logits (L - 1, B, Q, K + 1)`` and ``aux_boxes (L - 1, B, Q, 4)``
+      of the earlier decoder layers.
+    """
+
+    config: Any
+
+    def _finish_init(self) -> None:
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if self.config.frozen_stages is not None:
+            self.backbone.freeze_stages(self.config.frozen_stages)
+
+    @property
+    def size_divisor(self) -> int:
+        return 32
+
+    def encode(self, features: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Backbone feature maps -> decoder ``memory (B, S, D)`` and its ``memory_pos`` (or ``None``)."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict[str, Tensor]:
+        h, w = images.shape[-2:]
+        if h % self.size_divisor or w % self.size_divisor:
+            raise ValueError(f"input size {h}x{w} must be a multiple of {self.size_divisor}; pad the images first")
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        memory, memory_pos = self.encode(self.backbone(x))
+        aux = self.training and self.config.aux_loss
+        hs = self.decoder(self.query_embed.weight, memory, memory_pos, all_layers=aux)  # (L, B, Q, D)
+        logits = self.class_embed(hs)
+        boxes = self.bbox_embed(hs).sigmoid()
+        out = {"logits": logits[-1], "boxes": boxes[-1], "image_wh": input_wh(images)}
+        if aux:
+            out["aux_logits"] = logits[:-1]
+            out["aux_boxes"] = boxes[:-1]
+        return out
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, Tensor], max_detections: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """DETR's decoding: softmax over classes and "no object", drop "no object", each query's best
+        class; the top ``k = min(max_detections, Q)`` queries by that score.
+
+        Returns ``boxes (B, k, 4)`` xyxy input pixels, ``scores (B, k)`` sorted high to low and
+        ``labels (B, k)``. Pure tensor ops (exportable).
+        """
+        return set_detections(outputs["logits"], outputs["boxes"], outputs["image_wh"], max_detections or self.config.max_detections)
+
+    def criterion(self) -> nn.Module:
+        return SetCriterion(self.config.num_classes, self.config.loss)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"query_embed.weight"}
+
+
+def set_detections(logits: Tensor, boxes: Tensor, image_wh: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``logits (B, Q, K + 1)``, ``boxes (B, Q, 4)`` normalized cxcywh, ``image_wh (2,)`` -> top-``k``
+    ``boxes (B, k, 4)`` xyxy pixels, ``scores (B, k)``, ``labels (B, k)``."""
+    prob = logits.float().softmax(-1)[..., :-1]
+    scores, labels = prob.max(-1)
+    k = min(k, scores.shape[1])
+    top_scores, idx = scores.topk(k, dim=1)
+    top_labels = labels.gather(1, idx)
+    top_boxes = boxes.float().gather(1, idx[..., None].expand(-1, -1, 4))
+    top_boxes = cxcywh_to_xyxy(top_boxes) * torch.cat([image_wh, image_wh]).float()
+    return top_boxes, top_scores, top_labels
+
+
+def build_set_detector(model: SetDetector, backbone_weights: Any) -> SetDetector:
+    """Load ``backbone_weights`` (torchvision-layout ResNet, a local file or a state dict) and apply
+    DETR's freezing: stem and layer1 frozen once pretrained weights are loaded, nothing frozen for a
+    random backbone (whose frozen features would be of no use). An explicit ``frozen_stages`` wins."""
+    config = model.config
+    if backbone_weights is not None:
+        load_resnet_weights(model.backbone, backbone_weights)
+        if config.frozen_stages is None:
+            config.frozen_stages = PRETRAINED_FROZEN_STAGES
+    elif config.frozen_stages is None:
+        config.frozen_stages = 0
+        log.warning(
+            "%s: built without backbone weights, so the whole ResNet trains from scratch; pass "
+            "backbone_weights= (torchvision-layout ResNet weights) to fine-tune a pretrained one",
+            config.name,
+        )
+    model.backbone.freeze_stages(config.frozen_stages)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# DETR
+
+
+@dataclass
+class DetrConfig:
+    """Everything needed to rebuild a DETR; saved inside every checkpoint.
+
+    ``frozen_stages``: leading backbone units that do not train (stem = 1, stem + layer1 = 2, ...);
+    ``None`` is resolved at build: 2 with pretrained ResNet weights (DETR's recipe), 0 without.
+    """
+
+    name: str = "detr-r50"
+    num_classes: int = 80
+    class_names: list[str] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
+    backbone_depth: int = 50
+    frozen_stages: int | None = None
+    hidden_dim: int = 256
+    heads: int = 8
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    num_queries: int = 100
+    aux_loss: bool = True
+    loss: SetLossConfig = field(default_factory=SetLossConfig)
+    image_size: int = 800
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        check_class_names(self)
+
+    def model_class(self) -> type:
+        return DETR
+
+    def build(self, backbone_weights: Any = None) -> DETR:
+        return build_set_detector(DETR(self), backbone_weights)
+
+
+def check_class_names(config: Any) -> None:
+    """Default class names and ids to ``0..K-1``; their counts must equal ``num_classes``. Also checks
+    ``frozen_stages`` (the stem and four stages: 0 to 5)."""
+    if config.frozen_stages is not None and not 0 <= config.frozen_stages <= 5:
+        raise ValueError(f"frozen_stages must be 0 (nothing frozen) to 5 (stem and 4 stages), got {config.frozen_stages}")
+    if not config.class_names:
+        config.class_names = [f"class_{i}" for i in range(config.num_classes)]
+    if not config.category_ids:
+        config.category_ids = list(range(config.num_classes))
+    if len(config.class_names) != config.num_classes or len(config.category_ids) != config.num_classes:
+        raise ValueError(
+            f"num_classes is {config.num_classes} but {len(config.class_names)} class names and "
+            f"{len(config.category_ids)} category ids were given"
+        )
+
+
+class DETR(SetDetector):
+    """ResNet -> 1x1 projection + sine positions -> transformer encoder -> decoder -> class/box heads.
+
+    See :class:`SetDetector` for the forward contract. Parameter names follow the published DETR
+    closely (``backbone``, ``input_proj``, ``query_embed``, ``class_embed``, ``bbox_embed``), see
+    :mod:`~plaindet.models.detr_convert`.
+    """
+
+    def __init__(self, config: DetrConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_dim
+        self.backbone = ResNet(config.backbone_depth)
+        self.input_proj = nn.Conv2d(self.backbone.channels[-1], d, kernel_size=1)
+        self.encoder = TransformerEncoder(d, config.heads, config.ffn_dim, config.encoder_layers, config.dropout)
+        self.decoder = TransformerDecoder(d, config.heads, config.ffn_dim, config.decoder_layers, config.dropout)
+        self.query_embed = nn.Embedding(config.num_queries, d)
+        self.class_embed = nn.Linear(d, config.num_classes + 1)
+        self.bbox_embed = BoxHead(d, 3)
+        xavier_init(self.encoder)
+        xavier_init(self.decoder)
+        self._finish_init()
+
+    def encode(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        x = self.input_proj(features[-1])  # (B, D, H/32, W/32)
+        h, w = x.shape[-2:]
+        pos = sine_position_embedding(h, w, x.shape[1], x.device).to(x.dtype)[None]
+        memory = self.encoder(x.flatten(2).transpose(1, 2), pos)
+        return memory, pos
+
+
+@register_model
+def detr_r50() -> DetrConfig:
+    """DETR with a ResNet-50 (the paper's DETR-R50, 41M parameters): 6 + 6 layers, 100 queries."""
+    return DetrConfig(name="detr-r50", backbone_depth=50)
+
+
+@register_model
+def detr_r18() -> DetrConfig:
+    """DETR with a ResNet-18 and the same transformer, for CPU work."""
+    return DetrConfig(name="detr-r18", backbone_depth=18, image_size=640)

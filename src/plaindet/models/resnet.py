@@ -1,0 +1,238 @@
+"""ResNet backbones (He et al. 2016) with frozen BatchNorm, in torchvision's parameter layout.
+
+The module names are torchvision's (``conv1, bn1, layer1..layer4``; inside a block ``conv1/bn1,
+conv2/bn2[, conv3/bn3]`` and ``downsample.0`` (1x1 conv), ``downsample.1`` (its norm)), so the
+published ImageNet weights, and the ResNet part of the published DETR weights, load by name. The
+stride sits in the 3x3 convolution ("ResNet v1.5"), as in torchvision and DETR.
+
+BatchNorm is frozen (DETR's recipe): the running statistics and the affine parameters are buffers
+that never change. Detection batches are small (2 to 4 images per GPU), too small for batch
+statistics, and the ImageNet statistics are what the pretrained convolutions expect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("plaindet")
+
+# depth -> (block type, blocks per stage)
+RESNET_LAYOUTS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+# The ImageNet statistics the torchvision weights were trained with, in [0, 255] pixel units.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine terms: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    All four are buffers (saved, never trained). ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torchvision checkpoints carry BatchNorm's step counter; a frozen norm has no use for it.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34). ``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, out_channels, 3, padding=1, bias=False)
+        self.bn2 = FrozenBatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_channels, out_channels, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand (ResNet-50 and deeper). Shapes as :class:`BasicBlock`."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = FrozenBatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_channels, out_channels, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), FrozenBatchNorm2d(out_channels))
+
+
+class ResNet(nn.Module):
+    """A ResNet trunk without its classifier, returning the feature maps of the stages asked for.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        num_stages: build only ``layer1..layer{num_stages}`` (a model that reads stride 8 needs no
+            ``layer3``/``layer4``; their pretrained weights are then skipped on load).
+
+    ``forward(x)``: ``x`` ``(B, 3, H, W)`` normalized float images; returns a list with the output of
+    each built stage, ``layer{i}`` ``(B, channels[i-1], H / 2^(i+1), W / 2^(i+1))`` (strides 4, 8,
+    16, 32).
+    """
+
+    def __init__(self, depth: int = 50, num_stages: int = 4) -> None:
+        super().__init__()
+        if depth not in RESNET_LAYOUTS:
+            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
+        if not 1 <= num_stages <= 4:
+            raise ValueError(f"num_stages must be 1 to 4, got {num_stages}")
+        kind, blocks = RESNET_LAYOUTS[depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        self.depth = depth
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_channels = 64
+        self.channels: list[int] = []
+        self.strides: list[int] = []
+        for i in range(num_stages):
+            width = 64 * 2**i
+            stage = []
+            for j in range(blocks[i]):
+                stride = 2 if (j == 0 and i > 0) else 1
+                stage.append(block(in_channels, width, stride))
+                in_channels = width * block.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
+            self.channels.append(in_channels)
+            self.strides.append(4 * 2**i)
+        self.num_stages = num_stages
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # torchvision's initialization: He-normal (fan-out) convolutions.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def stages(self) -> list[nn.Module]:
+        """The stem (``conv1`` and ``bn1``) and then ``layer1..``: the units DETR freezes from the start."""
+        stem = nn.ModuleList([self.conv1, self.bn1])
+        return [stem] + [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def freeze_stages(self, num_frozen: int) -> None:
+        """Make the first ``num_frozen`` of :meth:`stages` untrainable (0: all train) and the rest trainable."""
+        for i, stage in enumerate(self.stages()):
+            for p in stage.parameters():
+                p.requires_grad_(i >= num_frozen)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        features = []
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+            features.append(x)
+        return features
+
+
+def read_state_dict(weights: Any) -> dict[str, Tensor]:
+    """A state dict from a local file (``.safetensors``, or a ``.pth``/``.pt``/``.bin`` torch file read
+    with ``weights_only=True``, never unpickling code) or a dict given as is. A torch file holding
+    ``{"model": state}`` or ``{"state_dict": state}`` (training checkpoints) is unwrapped."""
+    if isinstance(weights, dict):
+        state = weights
+    elif isinstance(weights, (str, os.PathLike)):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise TypeError(f"weights must be a file path or a state dict, got {type(weights).__name__}")
+    for key in ("model", "state_dict"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def load_resnet_weights(resnet: ResNet, weights: Any) -> None:
+    """Load torchvision-layout ResNet weights (a file or a state dict, see :func:`read_state_dict`).
+
+    The classifier (``fc.*``), BatchNorm step counters, and the stages this trunk does not build are
+    skipped; every tensor the trunk has must be present with the right shape, otherwise a
+    ``ValueError`` names what is wrong (a common cause: weights of a different depth).
+    """
+    state = read_state_dict(weights)
+    built = set(resnet.state_dict())
+    unused_stages = tuple(f"layer{i}." for i in range(resnet.num_stages + 1, 5))
+    kept = {}
+    for k, v in state.items():
+        if k.startswith("fc.") or k.endswith("num_batches_tracked") or k.startswith(unused_stages):
+            continue
+        kept[k] = v
+    missing = sorted(built - set(kept))
+    unexpected = sorted(set(kept) - built)
+    if missing or unexpected:
+        raise ValueError(
+            f"these weights are not a torchvision-layout ResNet-{resnet.depth}: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    own = resnet.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in kept.items() if v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"these weights do not fit a ResNet-{resnet.depth}: {wrong[:5]}")
+    resnet.load_state_dict(kept, strict=True)
