@@ -19,7 +19,7 @@ from plaindet.models.criterion import OneToOneCriterion
 from plaindet.predict import Detections
 from plaindet.models.vit import ViT
 
-MODELS = plaindet.list_models()
+MODELS = [m for m in plaindet.list_models() if m.startswith("plaindet-")]  # the flagship family; tests/test_registry.py covers all
 
 
 def num_locations(h: int, w: int, strides=(8, 16, 32)) -> int:

@@ -25,6 +25,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def describe_model(name: str) -> str:
+    """The first line of the variant's docstring."""
+    _import_variants()
+    doc = (_REGISTRY[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
 def model_config(name: str, **overrides: Any):
     """The config of variant ``name`` with ``overrides`` applied strictly (unknown keys are errors)."""
     _import_variants()
@@ -65,4 +72,6 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
 def _import_variants() -> None:
     # Variants register themselves when their module is imported; importing here (not at package
     # import) keeps `import plaindet` light and the registry complete before any lookup.
+    import plaindet.models.patchtok  # noqa: F401
     import plaindet.models.plaindet  # noqa: F401
+    from plaindet.models import deperceiver, detr  # noqa: F401

@@ -1,0 +1,87 @@
+"""Every registered model keeps the contract of :mod:`plaindet.models.base` (timm-style registry tests).
+
+Each model is built small (overrides below) so the whole registry runs in seconds; a newly registered
+model without an entry here fails ``test_every_model_has_a_small_test_config``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import plaindet
+from plaindet.models.base import DetectionModel
+
+SMALL = {
+    "plaindet-t": {"neck_channels": 32, "backbone": {"depth": 2}},
+    "plaindet-s": {"neck_channels": 32, "backbone": {"depth": 2}},
+    "plaindet-b": {"neck_channels": 32, "backbone": {"depth": 1, "width": 96, "heads": 2}},
+    "detr-r18": {"hidden_dim": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 10, "dropout": 0.0},
+    "detr-r50": {"hidden_dim": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 10, "dropout": 0.0},
+    "deperceiver-r18": {"hidden_dim": 32, "heads": 2, "num_latents": 8, "latent_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 10, "dropout": 0.0},
+    "deperceiver-r50": {"hidden_dim": 32, "heads": 2, "num_latents": 8, "latent_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 10, "dropout": 0.0},
+    "patchtok-ti": {"backbone": {"depth": 2}, "decoder": {"width": 32, "depth": 1, "heads": 2, "dropout": 0.0}, "max_objects": 4},
+    "patchtok-s": {"backbone": {"depth": 2, "width": 96, "heads": 2}, "decoder": {"width": 32, "depth": 1, "heads": 2, "dropout": 0.0}, "max_objects": 4},
+}
+MODELS = plaindet.list_models()
+SIZE = 64
+
+
+def test_every_model_has_a_small_test_config():
+    assert sorted(SMALL) == MODELS
+
+
+def _build(name: str) -> DetectionModel:
+    torch.manual_seed(0)
+    return plaindet.create_model(name, class_names=["a", "b", "c"], image_size=SIZE, **SMALL[name])
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([0, 2]), "size": torch.tensor([SIZE, SIZE])},
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 33.0]]), "labels": torch.tensor([1]), "size": torch.tensor([SIZE, SIZE])},
+    ]
+    return images, targets
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_loss_and_gradients(name):
+    model = _build(name)
+    assert isinstance(model, DetectionModel)
+    assert SIZE % model.size_divisor == 0
+    images, targets = _batch()
+    model.train()
+    outputs = model(images, targets)
+    losses = model.criterion()(outputs, targets)
+    assert torch.isfinite(losses["loss"]) and losses["loss"] > 0
+    losses["loss"].backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    no_grad = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"trainable parameters without a finite gradient: {no_grad[:10]}"
+    assert model.no_weight_decay() <= {n for n, _ in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_postprocess_contract_and_save_load_round_trip(name, tmp_path):
+    model = _build(name).eval()
+    images, _ = _batch()
+    with torch.no_grad():
+        boxes, scores, labels = model.postprocess(model(images))
+    k = boxes.shape[1]
+    assert boxes.shape == (2, k, 4) and scores.shape == (2, k) and labels.shape == (2, k) and k <= model.config.max_detections
+    assert torch.isfinite(boxes).all() and torch.isfinite(scores).all()
+    assert ((scores >= 0) & (scores <= 1)).all() and (scores[:, :-1] >= scores[:, 1:]).all()
+    assert ((labels >= 0) & (labels < 3)).all()
+
+    model.save(tmp_path / "m.safetensors")
+    loaded = plaindet.load(tmp_path / "m.safetensors")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    with torch.no_grad():
+        again = loaded.postprocess(loaded(images))
+    for a, b in zip((boxes, scores, labels), again):
+        assert torch.equal(a, b)
+    dets = loaded.predict(images[0], threshold=0.0)
+    assert len(dets) == k and dets.class_names == [["a", "b", "c"][i] for i in dets.labels]
