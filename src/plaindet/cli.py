@@ -124,6 +124,7 @@ def train_cmd(
     save_every: Optional[int] = typer.Option(None, "--save-every", min=0, help="Also keep epoch_N.safetensors every N epochs."),
     save_every_steps: Optional[int] = typer.Option(None, "--save-every-steps", min=0, help="Update last.safetensors every N steps."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=0, help="Stop after N optimizer steps."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="Stop after this many minutes (then evaluate and save)."),
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Write TensorBoard events (extra: tensorboard)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (continue OUT/last.safetensors if any) or a checkpoint."),
@@ -152,7 +153,7 @@ def train_cmd(
         "lora_rank": lora_rank, "lora_targets": lora_targets, "backbone_weights": backbone_weights, "amp": amp,
         "ema_decay": ema_decay, "workers": workers, "seed": seed, "train_split": train_split, "val_split": val_split,
         "eval_every": eval_every, "save_every": save_every, "save_every_steps": save_every_steps, "max_steps": max_steps,
-        "tensorboard": tensorboard, "device": device, "resume": resume,
+        "time_limit": time_limit, "tensorboard": tensorboard, "device": device, "resume": resume,
     }  # fmt: skip
     overrides = {k: v for k, v in given.items() if v is not None}
     with _user_errors(ValueError):  # TrainConfig and model_config raise ValueError for bad values

@@ -70,7 +70,9 @@ class TrainConfig:
     :data:`RESUME_OVERRIDABLE` that are set here to a non-default value replace them.
 
     ``max_bad_steps``: that many non-finite losses (or gradients) in a row stop the run; isolated
-    ones skip their step. ``max_steps`` > 0 ends training after that many optimizer steps.
+    ones skip their step. ``max_steps`` > 0 ends training after that many optimizer steps, and
+    ``time_limit`` > 0 after the step that passes that many minutes (then evaluates and saves; the
+    schedule still spans ``epochs``, so compare time-limited runs only with each other).
     """
 
     model: str = "plaindet-t"
@@ -110,6 +112,7 @@ class TrainConfig:
     resume: str = ""
     max_bad_steps: int = 5
     max_steps: int = 0
+    time_limit: float = 0.0
     tensorboard: bool = False
     device: str = ""
     shapes_train: int = 2000
@@ -129,7 +132,7 @@ class TrainConfig:
 
 
 # Settings a resumed run may change: how long it runs and how it reports, never what it computes.
-RESUME_OVERRIDABLE = ("out", "epochs", "max_steps", "eval_every", "save_every", "save_every_steps", "workers", "tensorboard", "max_bad_steps", "device")
+RESUME_OVERRIDABLE = ("out", "epochs", "max_steps", "time_limit", "eval_every", "save_every", "save_every_steps", "workers", "tensorboard", "max_bad_steps", "device")
 
 
 class TrainingDiverged(RuntimeError):
@@ -378,10 +381,11 @@ def _train(cfg: TrainConfig, on_epoch, datasets, world) -> dict:
     best: dict = dict(progress["best"])
     record: dict = {}
     start = time.time()
+    out_of_budget = bool(cfg.max_steps and progress["step"] >= cfg.max_steps)
     with _StopSignals() as stop:
         step = progress["step"]
         for epoch in range(progress["epoch"], cfg.epochs):
-            if cfg.max_steps and step >= cfg.max_steps:
+            if out_of_budget:
                 break
             net.train()
             first = progress["batch"] if epoch == progress["epoch"] else 0
@@ -451,17 +455,19 @@ def _train(cfg: TrainConfig, on_epoch, datasets, world) -> dict:
                     raise TrainingInterrupted(f"{signal.Signals(signum).name} at step {step}: {where}; continue with --resume auto", signum)
                 if cfg.save_every_steps and step % cfg.save_every_steps == 0 and i + 1 < len(loader):
                     save(out / "last.safetensors")
-                if cfg.max_steps and step >= cfg.max_steps:
+                over_time = bool(cfg.time_limit) and time.time() - start > 60 * cfg.time_limit
+                out_of_budget = bool(cfg.max_steps and step >= cfg.max_steps) or any_true(over_time, world)
+                if out_of_budget:
                     break
             bar.close()
-            epoch_done = not (cfg.max_steps and step >= cfg.max_steps) or progress["batch"] == len(loader)
+            epoch_done = not out_of_budget or progress["batch"] == len(loader)
             if epoch_done:
                 progress.update(epoch=epoch + 1, batch=0)
 
             # Evaluate (every process predicts its share of the validation set), log, save.
             losses_now = [r["loss"] for r in (runlog.steps.rows if runlog else []) if r.get("epoch") == epoch + 1 and "loss" in r]
             record = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses_now)) if losses_now else float("nan"), "time": round(time.time() - start, 1)}
-            finished = epoch + 1 == cfg.epochs or (cfg.max_steps and step >= cfg.max_steps)
+            finished = epoch + 1 == cfg.epochs or out_of_budget
             if cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or finished):
                 metrics = _evaluate(final, val_set, cfg, amp_dtype, world)
                 if metrics is not None:
