@@ -23,6 +23,10 @@ bottom-right patch. The hidden state at a corner token's own input index (``3j +
 ``j``'s top-left, ``3j + 3`` for its bottom-right) predicts that corner's offset: by then the decoder
 knows which patch it chose.
 
+The decoder scores class and special tokens with its (tied) token embeddings, and position tokens by
+pointing: a query from its state against each image token, since position token ``(r, c)`` is the
+encoder's token of patch ``(r, c)``.
+
 A grammar (:func:`grammar_mask`) says which tokens may come next: classes or EOS at kind 0 (only EOS
 after ``max_objects`` objects), patches inside the input's patch grid at kind 1, and at kind 2 patches
 at or below-right of the top-left patch (a box's corners are ordered). Invalid tokens are masked out
@@ -30,7 +34,9 @@ of the loss and of decoding, so the model spends no capacity learning the syntax
 
 ``forward(images, targets)`` teacher-forces the target sequences (training); ``forward(images)``
 decodes autoregressively with a key/value cache (greedy, top-k or nucleus). Both in any mode: only
-the random object order depends on ``training``.
+the random object order depends on ``training``. Under ``torch.export`` / tracing the decoding loop
+is unrolled to all ``3 * max_objects + 1`` steps, so greedy decoding exports to one ONNX graph
+(checked against ONNX Runtime with ``max_objects`` 4 and 10; the graph grows with every step).
 """
 
 from __future__ import annotations
@@ -385,7 +391,7 @@ class PatchTokDetector(DetectionModel):
     the target sequences are teacher-forced; returns, with ``T = 1 + 3 * n`` for the most objects
     ``n`` in the batch:
 
-    - ``logits (B, T, V)``: next-token logits over the whole vocabulary (not masked);
+    - ``logits (B, T, V)``: next-token logits over the whole vocabulary, not masked (see :meth:`_logits`);
     - ``allowed (B, T, V)`` bool: the grammar (:func:`grammar_mask`);
     - ``tokens (B, T + 1)`` int64: the target sequences, BOS first (their order, random or not, is
       the one the loss must use);
@@ -414,8 +420,8 @@ class PatchTokDetector(DetectionModel):
         self.token_embed = nn.Embedding(self.vocab.size, dec.width)
         # Position tokens are scored by pointing: a query from the decoder state against every image
         # token. A position token *is* an encoder token, so its logit can come from that token's own
-        # features rather than a fixed row of a table; on shapes this learned to localize several
-        # times faster (see _logits).
+        # features rather than a fixed row of a table. On 400 shapes images, after 300 steps, held-out
+        # top-left patches were exactly right 20% of the time this way and 6% with tied logits.
         self.position_query = nn.Linear(dec.width, dec.width)
         self.seq_pos_embed = nn.Parameter(torch.empty(1 + 3 * config.max_objects, dec.width))
         self.layers = nn.ModuleList(
@@ -432,7 +438,7 @@ class PatchTokDetector(DetectionModel):
 
     def _reset_decoder(self) -> None:
         # Unit-variance embeddings: the same vectors mark the memory's patches, next to unit-variance
-        # normalized features. The tied logits are scaled by width ** -0.5 to start near uniform.
+        # normalized features. The tied logits are scaled by width ** -0.5, so they start at unit spread.
         nn.init.normal_(self.token_embed.weight, std=1.0)
         nn.init.normal_(self.seq_pos_embed, std=1.0)
         for name, m in self.named_modules():
@@ -497,7 +503,7 @@ class PatchTokDetector(DetectionModel):
         return logits.index_copy(-1, positions, pointer.to(logits.dtype))
 
     def _offsets(self, hidden: Tensor, memory: Tensor, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-        """Sub-patch offsets ``(..., 2)`` in [0, 1] for ``tokens (B, L)`` read as corners (hidden ``(B, L, C)``)."""
+        """Sub-patch offsets ``(B, L, 2)`` in [0, 1] of ``tokens (B, L)`` read as corners, from ``hidden (B, L, C)``."""
         row, col = self.vocab.row_col(tokens)
         index = row.clamp(0, grid[0] - 1) * grid[1] + col.clamp(0, grid[1] - 1)  # any patch for non-corners
         patch = memory.gather(1, index[..., None].expand(-1, -1, memory.shape[-1]))
@@ -595,7 +601,8 @@ class PatchTokDetector(DetectionModel):
             kind, j = t % 3, t // 3
             if t > 0 and kind != 1:  # the input is a corner: predict its offset within the patch
                 col = 0 if kind == 2 else 2
-                offsets[:, (t - 1) // 3, col : col + 2] = self._offsets(hidden, memory, token[:, None], grid)[:, 0].float()
+                offset = self._offsets(hidden, memory, token[:, None], grid)[:, 0]
+                offsets[:, (t - 1) // 3, col : col + 2] = offset.float()
             if t == 3 * M:  # M objects written: only EOS may follow
                 sequence.append(torch.where(done, vocab.pad, vocab.eos))
                 break
