@@ -47,13 +47,14 @@ def _py_state(state: tuple) -> list:
 
 
 def set_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
+    """``tensors``: the ``rng.*`` tensors of :func:`rng_state`, with the ``rng.`` prefix removed."""
+    torch.set_rng_state(tensors["torch"])
     if torch.cuda.is_available():
-        cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))]
+        cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))]
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
     kind, pos, has_gauss, gauss = meta["numpy"]
-    keys = tensors["rng.numpy"].numpy().view(np.uint32)
+    keys = tensors["numpy"].numpy().view(np.uint32)
     np.random.set_state((kind, keys, pos, has_gauss, gauss))
     version, internal, py_gauss = meta["python"]
     random.setstate((version, tuple(internal), py_gauss))
@@ -153,10 +154,7 @@ class TrainState:
         optimizer.load_state_dict({"state": opt_state, "param_groups": self.meta["param_groups"]})
         if self.meta.get("scaler"):
             scaler.load_state_dict(self.meta["scaler"])
-        set_rng_state(self._prefixed_full("rng."), self.meta["rng"])
-
-    def _prefixed_full(self, prefix: str) -> dict[str, Tensor]:
-        return {k: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        set_rng_state(self._prefixed("rng."), self.meta["rng"])
 
     def inference_weights(self) -> dict[str, Tensor]:
         """The weights to deploy: the EMA where there is one, else the raw weights."""

@@ -96,8 +96,8 @@ def distill_datasets(dcfg: DistillConfig, train_set, teacher):
 
         for s, (boxes, labels) in zip(labeled, pseudo_label(teacher, [s.image_path for s in labeled], dcfg.threshold, size)):
             if dcfg.mode == "union" and len(s.boxes) and len(boxes):
-                overlap = box_iou(torch.from_numpy(boxes), torch.from_numpy(s.boxes)).max(dim=1).values.numpy()
-                boxes, labels = boxes[overlap < dcfg.union_iou], labels[overlap < dcfg.union_iou]
+                new = box_iou(torch.from_numpy(boxes), torch.from_numpy(s.boxes)).max(dim=1).values.numpy() < dcfg.union_iou
+                boxes, labels = boxes[new], labels[new]
             n_teacher += len(boxes)
             if dcfg.mode == "union":
                 boxes, labels = np.concatenate([s.boxes, boxes]), np.concatenate([s.labels, labels])

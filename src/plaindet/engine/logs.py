@@ -36,11 +36,7 @@ class _Table:
     def __init__(self, folder: Path, name: str, key: str, keep_until: int | None) -> None:
         self.jsonl = folder / f"{name}.jsonl"
         self.csv = folder / f"{name}.csv"
-        rows = _read_jsonl(self.jsonl)
-        if keep_until is not None:
-            rows = [r for r in rows if r.get(key, 0) <= keep_until]
-        else:
-            rows = []
+        rows = [r for r in _read_jsonl(self.jsonl) if r.get(key, 0) <= keep_until] if keep_until is not None else []
         self.rows = rows
         self.columns: list[str] = list(rows[0]) if rows else []
         # Rewrite both files from the kept rows (atomically): the cut-back resume and a fresh start alike.

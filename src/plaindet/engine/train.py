@@ -281,7 +281,7 @@ def _train(cfg: TrainConfig, on_epoch, datasets, world) -> dict:
     from plaindet.data.collate import make_loader
     from plaindet.data.transforms import TransformedDataset, train_transform
     from plaindet.engine.checkpoint import TrainState, save_train_state
-    from plaindet.engine.distributed import any_true, mean_over_ranks
+    from plaindet.engine.distributed import any_true, broadcast, mean_over_ranks
     from plaindet.engine.ema import ModelEMA
     from plaindet.engine.logs import RunLog
     from plaindet.models.registry import create_model
@@ -477,7 +477,6 @@ def _train(cfg: TrainConfig, on_epoch, datasets, world) -> dict:
                     best = dict(record)
                     progress["best"] = best
                     save(out / "best.safetensors")  # before last: a kill in between re-runs this epoch
-                progress["best"] = best
                 if runlog is not None:
                     runlog.epoch(record)
                 if not save(out / "last.safetensors") and finished:
@@ -502,8 +501,6 @@ def _train(cfg: TrainConfig, on_epoch, datasets, world) -> dict:
             save(out / "best.safetensors")
         runlog.plot()
         runlog.close()
-    from plaindet.engine.distributed import broadcast
-
     return broadcast(best or record, world)
 
 

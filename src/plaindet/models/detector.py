@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from plaindet.config import from_dict
-from plaindet.models.base import CHECKPOINT_FORMAT, DetectionModel, _load_strict  # noqa: F401 (CHECKPOINT_FORMAT re-exported)
+from plaindet.models.base import DetectionModel, _load_strict
 from plaindet.models.head import DenseHead
 from plaindet.models.neck import SimpleFeaturePyramid
 from plaindet.models.vit import CLIP_MEAN, CLIP_STD, ViT
@@ -206,8 +205,3 @@ def build_detector(config: DetectorConfig, backbone_weights: Any = None) -> Dete
 
         model = add_lora(model, config.lora)
     return model
-
-
-def detector_from_state(config: dict, state: dict[str, Tensor]) -> Detector:
-    """Rebuild a saved detector from its config dict and weights (no backbone warning: weights are loaded)."""
-    return Detector.from_state(from_dict(DetectorConfig, config), state)
