@@ -109,7 +109,7 @@ def export_onnx(
     """Write ``model`` as one self-contained ONNX file (see the module docstring for its inputs/outputs).
 
     Args:
-        model: a registered plaindet model (any model keeping the contract), on the CPU.
+        model: a registered plaindet model (any model keeping the contract).
         path: the ``.onnx`` file to write (weights inside, no external data file).
         image_size: the long side images are resized to (default: the model's ``config.image_size``);
             the input is ``image_size`` rounded up to ``size_divisor``, square.
@@ -127,7 +127,8 @@ def export_onnx(
     side = export_input_size(image_size, model.size_divisor)
     wrapper = ExportWrapper(model, max_detections).eval()
     # Trace with batch 2 when the batch is dynamic: torch.export specializes a size of 1 to a constant.
-    example = torch.zeros(2 if dynamic_batch else 1, 3, side, side, dtype=torch.uint8)
+    device = next(model.parameters()).device
+    example = torch.zeros(2 if dynamic_batch else 1, 3, side, side, dtype=torch.uint8, device=device)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
