@@ -151,12 +151,12 @@ def main() -> None:
         f"\nplaindet-s ({weights}); AP: shapes val, {len(val)} images, {args.train_size} px; latency: "
         f"{args.size}x{args.size}, batch 1, {args.threads} threads, {args.runs} runs"
     )
-    print(f"{'variant':<30} {'size MB':>8} {'median ms':>10} {'p90 ms':>8} {'vs ORT fp32':>12} {'peak RSS MB':>12} {'AP':>7} {'dAP':>8}")
+    print(f"{'variant':<36} {'size MB':>8} {'median ms':>10} {'p90 ms':>8} {'vs ORT fp32':>12} {'peak RSS MB':>12} {'AP':>7} {'dAP':>8}")
     for name, size_mb, result in rows:
         t = sorted(result["times"])
         median, p90 = statistics.median(t), t[min(len(t) - 1, round(0.9 * (len(t) - 1)))]
         print(
-            f"{name:<30} {size_mb:>8.1f} {median * 1000:>10.0f} {p90 * 1000:>8.0f} {ort_fp32 / median:>11.2f}x "
+            f"{name:<36} {size_mb:>8.1f} {median * 1000:>10.0f} {p90 * 1000:>8.0f} {ort_fp32 / median:>11.2f}x "
             f"{result['peak_rss_mb']:>12.0f} {ap[name]:>7.4f} {ap[name] - base_ap:>+8.4f}"
         )
 

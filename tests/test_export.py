@@ -114,7 +114,7 @@ def test_cli_export_fixed_batch_with_image_size_and_max_detections(model, checkp
     assert "max abs diff" in result.output
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, SIZE, SIZE]  # 100 px rounded up to the size divisor; batch fixed
-    boxes, scores, labels = session.run(None, {"images": images(1).numpy()})
+    boxes, scores, _ = session.run(None, {"images": images(1).numpy()})
     assert boxes.shape == (1, 7, 4)
     np.testing.assert_allclose(scores, ExportWrapper(model, 7)(images(1))[1].numpy(), atol=1e-5)
     detector = plaindet.OnnxDetector(out)

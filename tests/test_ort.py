@@ -18,7 +18,13 @@ from PIL import Image
 import plaindet
 from plaindet.data import load_dataset
 from plaindet.export.onnx import export_onnx
-from plaindet.export.quantize import activation_matmuls, calibration_images, output_layers, prediction_nodes, quantize_onnx
+from plaindet.export.quantize import (
+    activation_matmuls,
+    calibration_images,
+    output_layers,
+    prediction_nodes,
+    quantize_onnx,
+)
 
 SIZE = 128
 CLASSES = ["circle", "square", "triangle"]
@@ -97,7 +103,7 @@ assert [len(d) for d in dets] == [100, 100], [len(d) for d in dets]
 assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 

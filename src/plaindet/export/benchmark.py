@@ -1,10 +1,11 @@
 """Latency, throughput and peak memory of one model across backends: ``plaindet benchmark``.
 
 Every backend runs in a fresh Python process (a *worker*, this module run with ``--worker``), so
-each one's peak memory is its own: the worker's maximum resident set size (``ru_maxrss``) after
-importing its backend, loading the model and running it. It is the whole process, interpreter and
-libraries included (an ONNX Runtime worker imports onnxruntime and numpy, never torch), which is
-what a deployment pays. The parent process only exports and quantizes the ONNX files.
+each one's peak memory is its own: the worker's peak resident set size (``VmHWM``, see
+:func:`_peak_rss_mb`) after importing its backend, loading the model and running it. It is the
+whole process, interpreter and libraries included (an ONNX Runtime worker imports onnxruntime and
+numpy, never torch), which is what a deployment pays. The parent process only exports and
+quantizes the ONNX files.
 
 Latency is wall time per batch of ``runs`` timed calls after ``warmup`` untimed ones, on random
 ``uint8`` images of ``size x size``: the whole graph for plaindet (normalization, network, top-k);
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchmarkRow", "run_benchmark", "reference_model"]
+__all__ = ["BenchmarkRow", "reference_model", "run_benchmark"]
 
 
 @dataclass
@@ -74,11 +75,23 @@ class WorkerSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _rss_mb() -> float:
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size.
+
+    On Linux it is ``VmHWM`` from ``/proc/self/status``, the high-water mark of this process image:
+    ``getrusage``'s ``ru_maxrss`` would report the parent's peak instead whenever that is larger,
+    because Linux carries the forked parent's high-water mark across ``exec`` into the child's
+    ``ru_maxrss``. Elsewhere it falls back to ``ru_maxrss``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
 
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    scale = 1 if sys.platform == "darwin" else 1024
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
@@ -98,7 +111,14 @@ def reference_model(name: str):
     no download): ``detr-r50`` (``DetrForObjectDetection``, ResNet-50) or ``rtdetr-r18``
     (``RTDetrForObjectDetection`` with the dims of RT-DETR-R18: ResNet-18-vd, hidden expansion 0.5,
     3 decoder layers). 80 classes."""
-    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig, RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+    from transformers import (
+        DetrConfig,
+        DetrForObjectDetection,
+        ResNetConfig,
+        RTDetrConfig,
+        RTDetrForObjectDetection,
+        RTDetrResNetConfig,
+    )
 
     if name == "detr-r50":
         config = DetrConfig(backbone_config=ResNetConfig(out_features=["stage4"]), use_timm_backbone=False, num_labels=80)
@@ -127,7 +147,7 @@ def _worker(spec: WorkerSpec) -> dict[str, Any]:
         h, w = detector.input_size
         images = np.random.default_rng(0).integers(0, 256, (spec.batch, 3, h, w), dtype=np.uint8)
         times = _time_calls(lambda: detector(images), spec.runs, spec.warmup)
-        return {"times": times, "peak_rss_mb": _rss_mb()}
+        return {"times": times, "peak_rss_mb": _peak_rss_mb()}
 
     import torch
 
@@ -158,7 +178,7 @@ def _worker(spec: WorkerSpec) -> dict[str, Any]:
     dtype = torch.bfloat16 if spec.precision == "bf16" else None
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
         times = _time_calls(call, spec.runs, spec.warmup)
-    return {"times": times, "peak_rss_mb": _rss_mb(), "weights_mb": weights_mb}
+    return {"times": times, "peak_rss_mb": _peak_rss_mb(), "weights_mb": weights_mb}
 
 
 def _run_worker(spec: WorkerSpec) -> dict[str, Any]:
@@ -168,6 +188,7 @@ def _run_worker(spec: WorkerSpec) -> dict[str, Any]:
         capture_output=True,
         text=True,
         env=env,
+        check=False,  # checked below, to show the worker's stderr
     )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {spec.backend}/{spec.precision} failed:\n{proc.stderr[-3000:]}")
@@ -215,8 +236,6 @@ def run_benchmark(
         folder.mkdir(parents=True, exist_ok=True)
 
         import logging
-
-        import torch
 
         import plaindet
 

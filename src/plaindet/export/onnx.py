@@ -14,7 +14,11 @@ does both). The file's ``metadata_props`` (see :data:`METADATA_KEYS`) hold the c
 size and plaindet version, so the file describes itself.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export, then onnxscript), which gives a clean
-graph for every op the models use, including the window attention's masks and the dynamic batch.
+graph for every op the models use, including the window attention's masks and the dynamic batch;
+the TorchScript exporter is not needed. Export is generic over the contract: every registered
+family (plaindet, DETR, DePerceiver, patch-token) exports; the patch-token models' autoregressive
+decoding is unrolled into ``3 * max_objects + 1`` decoder steps, so their graphs are large and slow
+to export.
 """
 
 from __future__ import annotations
@@ -114,7 +118,10 @@ def export_onnx(
         image_size: the long side images are resized to (default: the model's ``config.image_size``);
             the input is ``image_size`` rounded up to ``size_divisor``, square.
         dynamic_batch: a dynamic batch dimension instead of a fixed batch of 1.
-        opset: ONNX opset (default: the exporter's, 20 with torch 2.13).
+        opset: ONNX opset (default: the exporter's, 20 with torch 2.13). From 23 the exporter writes
+            attention as the ONNX ``Attention`` op, which onnxruntime 1.31's CPU kernel cannot run
+            with the window attention's broadcast padding mask (plaindet at sizes whose patch grid
+            isn't a multiple of the window): keep the default for onnxruntime.
         max_detections: ``k`` of the top-k (default: the model's config).
 
     Returns the path. Raises ``ImportError`` naming the extra when onnx/onnxscript are missing.

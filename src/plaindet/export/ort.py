@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from plaindet.detections import Detections, as_image_list, detections_for_image, pad_batch, resize_long_side, to_rgb_array
+from plaindet.detections import (
+    Detections,
+    as_image_list,
+    detections_for_image,
+    pad_batch,
+    resize_long_side,
+    to_rgb_array,
+)
 from plaindet.export.deps import require
 
 __all__ = ["OnnxDetector", "onnx_coco_results"]

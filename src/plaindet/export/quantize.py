@@ -11,8 +11,9 @@
   re-quantized, so ONNX Runtime runs them as ``MatMulIntegerToFloat`` and the softmax between the
   two attention products stays float (a quantized softmax input becomes ``QLinearSoftmax``, three
   times slower than the float one here); conv outputs are, so convs run as ``QLinearConv``.
-  On plaindet-s at 640 px this measured 1.7x faster than fp32 (with the attention left in float:
-  1.55x), with no AP change; see ``benchmarks/bench_deploy.py``.
+  On plaindet-s at 640 px (2 threads, AVX512-VNNI) this measured 1.7-1.8x faster than onnxruntime
+  fp32 with no AP change (``benchmarks/bench_deploy.py``); leaving the attention in float was as
+  fast where windows tile the patch grid and slower where they are padded and masked.
 - ``int8-dynamic``: weights of the ``MatMul`` ops quantized ahead of time, activations quantized at
   run time per tensor; needs no data. Convs stay float (ONNX Runtime's dynamic ``ConvInteger`` is
   slower than the float conv on CPU).
@@ -244,7 +245,13 @@ def quantize_onnx(
         raise ValueError("int8-static quantization needs calibration images (calib_images=...)")
     if calibrate_method not in methods:
         raise ValueError(f"calibrate_method must be one of {sorted(methods)}, got {calibrate_method!r}")
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
