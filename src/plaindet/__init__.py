@@ -1,12 +1,13 @@
 """plaindet: object detection with transformers that is easy to use, finetune and deploy.
 
 The public surface: :func:`create_model`, :func:`list_models`, :func:`load`, :class:`Detector`,
-:func:`merge_lora`. Heavy modules are imported on first use, so ``import plaindet`` stays fast.
+:func:`merge_lora`, :class:`OnnxDetector`. Heavy modules are imported on first use, so
+``import plaindet`` stays fast (and ``plaindet.OnnxDetector`` never imports torch).
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Detector", "__version__", "create_model", "list_models", "load", "merge_lora"]
+__all__ = ["Detector", "OnnxDetector", "__version__", "create_model", "list_models", "load", "merge_lora"]
 
 
 def __getattr__(name: str):
@@ -26,4 +27,8 @@ def __getattr__(name: str):
         from plaindet.models.lora import merge_lora
 
         return merge_lora
+    if name == "OnnxDetector":
+        from plaindet.export.ort import OnnxDetector
+
+        return OnnxDetector
     raise AttributeError(f"module 'plaindet' has no attribute {name!r}")

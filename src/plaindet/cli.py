@@ -13,7 +13,7 @@ from plaindet import __version__
 
 app = typer.Typer(
     name="plaindet",
-    help="Object detection with transformers: check data, train, distill, evaluate, predict.",
+    help="Object detection with transformers: check data, train, distill, evaluate, predict, export, benchmark.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -373,6 +373,116 @@ def demo_cmd(
     from plaindet.demo import run_demo
 
     raise typer.Exit(run_demo(out, seed=seed))
+
+
+@app.command("export")
+def export_cmd(
+    weights: Path = typer.Option(..., "--weights", help="A saved model (.safetensors from training or save())."),
+    format: str = typer.Option("onnx", "--format", help="Export format: onnx."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The file to write (default: next to the weights, .onnx)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="Long side of the input images (default: the model's)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size instead of a fixed batch of 1."),
+    opset: Optional[int] = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's)."),
+    max_detections: Optional[int] = typer.Option(None, "--max-detections", min=1, help="Top-k detections per image (default: the model's)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8-static, int8-dynamic or fp16."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="int8-static: a dataset or image folder to calibrate on."),
+    calib_images: int = typer.Option(100, "--calib-images", min=1, help="int8-static: how many of its images."),
+    calib_split: str = typer.Option("train", "--calib-split", help="int8-static: the dataset split to calibrate on."),
+) -> None:
+    """Export a model to one ONNX file: normalization, network and NMS-free top-k inside.
+
+    Input: uint8 images (B, 3, S, S), RGB 0..255, resized to the long side and zero-padded at the
+    bottom/right (S: the image size rounded up to the model's size divisor). Outputs: boxes (B, k, 4)
+    xyxy in input pixels, scores (B, k), labels (B, k). Class names, input size and the plaindet
+    version are in the file's metadata; `plaindet.OnnxDetector(path).predict(images)` runs it.
+    """
+    import tempfile
+
+    import plaindet
+
+    if format != "onnx":
+        raise _fail(f"unknown export format {format!r}: only onnx is supported")
+    from plaindet.export.quantize import MODES
+
+    if quantize is not None and quantize not in MODES:
+        raise _fail(f"unknown --quantize {quantize!r}: choose one of {', '.join(MODES)}")
+    if quantize == "int8-static" and calib_data is None:
+        raise _fail("--quantize int8-static needs --calib-data (training images to calibrate on)")
+    if calib_data is not None and quantize != "int8-static":
+        raise _fail("--calib-data is only used with --quantize int8-static")
+    out = out or weights.with_name(weights.stem + (f"-{quantize}" if quantize else "") + ".onnx")
+
+    import torch
+
+    from plaindet.export.onnx import export_input_size, export_onnx, onnx_parity
+    from plaindet.export.quantize import calibration_images, quantize_onnx
+
+    with _user_errors(ValueError, ImportError):  # ImportError: the onnx extra is missing
+        model = plaindet.load(weights)
+        calib = calibration_images(calib_data, calib_images, split=calib_split) if calib_data is not None else None
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(
+                model,
+                out if quantize is None else Path(tmp) / "fp32.onnx",
+                image_size=image_size,
+                dynamic_batch=dynamic_batch,
+                opset=opset,
+                max_detections=max_detections,
+            )
+            side = export_input_size(image_size or model.config.image_size, model.size_divisor)
+            images = torch.randint(0, 256, (2 if dynamic_batch else 1, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+            parity = onnx_parity(model, fp32, images, max_detections)
+            if quantize is not None:
+                quantize_onnx(fp32, out, quantize, calib_images=calib)
+    typer.echo(
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB, {quantize or 'fp32'}): input images uint8 "
+        f"({'B' if dynamic_batch else 1}, 3, {side}, {side})"
+    )
+    typer.echo(
+        f"fp32 graph vs PyTorch on random images: max abs diff boxes {parity['boxes']:.2e} px, scores {parity['scores']:.2e}"
+        + (f" ({quantize} changes the numbers by design: measure its AP)" if quantize else "")
+    )
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="A registered model (random weights)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A saved model, instead of --model."),
+    size: int = typer.Option(640, "--size", min=32, help="Square input side."),
+    batch: int = typer.Option(1, "--batch", min=1),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: all CPUs)."),
+    runs: int = typer.Option(10, "--runs", min=1, help="Timed runs per backend."),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed runs before them."),
+    compare: bool = typer.Option(False, "--compare", help="Add transformers' DETR-R50 and RT-DETR-R18 (random init) to the run."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibrate int8-static on this data (default: random images, speed only)."),
+    keep_onnx: Optional[Path] = typer.Option(None, "--keep-onnx", help="Keep the ONNX files in this folder."),
+) -> None:
+    """CPU latency (median, p90), throughput and peak memory: PyTorch fp32/bf16 and ONNX Runtime fp32/int8.
+
+    Each backend runs in a fresh process; peak memory is that process's maximum resident set size.
+    """
+    import os
+
+    from plaindet.export.benchmark import format_table, run_benchmark
+
+    if (model is None) == (weights is None):
+        raise _fail("give either --model NAME or --weights CKPT")
+    threads = threads or os.cpu_count() or 1
+    with _user_errors(ValueError, ImportError):
+        rows = run_benchmark(
+            model=model,
+            weights=None if weights is None else str(weights),
+            size=size,
+            batch=batch,
+            threads=threads,
+            runs=runs,
+            warmup=warmup,
+            compare=compare,
+            calib_data=None if calib_data is None else str(calib_data),
+            workdir=keep_onnx,
+            log=lambda message: typer.echo(message, err=True),
+        )
+    typer.echo(format_table(rows, size=size, threads=threads))
 
 
 def main() -> None:

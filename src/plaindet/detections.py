@@ -1,0 +1,123 @@
+"""What a predictor returns, and the numpy side of inference shared by every backend.
+
+Reading any image input, resizing it, padding a batch and mapping boxes back to the original image
+are done here, with numpy, Pillow and OpenCV only: :class:`plaindet.Detector` (PyTorch) and
+:class:`plaindet.OnnxDetector` (ONNX Runtime, no torch) go through the same steps and return the same
+:class:`Detections`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plaindet.data.images import read_image
+from plaindet.data.resize import resize_image, resized_size, scale_boxes_to_original
+
+__all__ = ["Detections", "as_image_list", "detections_for_image", "pad_batch", "resize_long_side", "to_rgb_array"]
+
+
+@dataclass
+class Detections:
+    """Predictions for one image.
+
+    ``boxes``: ``float32 (N, 4)`` xyxy in pixels of the original image; ``scores``: ``float32 (N,)``
+    in [0, 1], sorted high to low; ``labels``: ``int64 (N,)`` contiguous class indices;
+    ``class_names``: ``N`` names.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def _torch_tensor_type():
+    # A torch tensor can only exist once torch is imported; looking it up keeps this module torch-free.
+    torch = sys.modules.get("torch")
+    return torch.Tensor if torch is not None else ()
+
+
+def to_rgb_array(image: Any) -> np.ndarray:
+    """One image as ``uint8 (H, W, 3)`` RGB.
+
+    Accepts a path, a PIL image, a ``uint8``/float numpy array ``(H, W, 3)`` or ``(H, W)`` (float in
+    [0, 1]), or a tensor ``(3, H, W)`` (``uint8``, or float in [0, 1]).
+    """
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, _torch_tensor_type()):
+        t = image.detach().cpu()
+        if t.ndim != 3 or t.shape[0] not in (1, 3):
+            raise ValueError(f"an image tensor must be (3, H, W) or (1, H, W), got shape {tuple(t.shape)}")
+        arr = t.permute(1, 2, 0).numpy()
+    elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        from PIL import ImageOps
+
+        arr = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    elif isinstance(image, np.ndarray):
+        arr = image
+    else:
+        raise TypeError(f"cannot read an image from {type(image).__name__}: pass a path, PIL image, array or tensor")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"image arrays must be uint8 or float in [0, 1], got {arr.dtype}")
+        arr = np.clip(np.rint(arr.astype(np.float32) * 255), 0, 255).astype(np.uint8)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Resize keeping the aspect ratio so the long side is ``long_side``, exactly as evaluation does."""
+    return resize_image(image, resized_size(image.shape[0], image.shape[1], long_side))
+
+
+def as_image_list(images: Any) -> tuple[list[Any], bool]:
+    """``(items, is_list)``: a list or tuple, or a ``(B, 3, H, W)`` tensor, is many images; anything else one."""
+    if isinstance(images, _torch_tensor_type()) and images.ndim == 4:
+        return list(images), True
+    if isinstance(images, (list, tuple)):
+        return list(images), True
+    return [images], False
+
+
+def pad_batch(images: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """``uint8 (B, 3, height, width)``: each ``(h, w, 3)`` image at the top-left, zeros at the bottom and right.
+
+    The model maps boxes in input pixels, so padding there (not centering) keeps them in the
+    resized image's pixels.
+    """
+    batch = np.zeros((len(images), 3, height, width), dtype=np.uint8)
+    for i, image in enumerate(images):
+        batch[i, :, : image.shape[0], : image.shape[1]] = image.transpose(2, 0, 1)
+    return batch
+
+
+def detections_for_image(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    threshold: float,
+    resized_hw: tuple[int, int],
+    orig_hw: tuple[int, int],
+    class_names: list[str],
+) -> Detections:
+    """One image's top-k output (``boxes (k, 4)`` in resized-image pixels, ``scores (k,)``, ``labels (k,)``)
+    as :class:`Detections`: scores below ``threshold`` dropped, boxes in original pixels."""
+    keep = scores >= threshold
+    b = scale_boxes_to_original(boxes[keep], resized_hw, orig_hw)
+    lab = labels[keep].astype(np.int64)
+    return Detections(b, scores[keep].astype(np.float32), lab, [class_names[k] for k in lab])

@@ -1,0 +1,315 @@
+"""Latency, throughput and peak memory of one model across backends: ``plaindet benchmark``.
+
+Every backend runs in a fresh Python process (a *worker*, this module run with ``--worker``), so
+each one's peak memory is its own: the worker's peak resident set size (``VmHWM``, see
+:func:`_peak_rss_mb`) after importing its backend, loading the model and running it. It is the
+whole process, interpreter and libraries included (an ONNX Runtime worker imports onnxruntime and
+numpy, never torch), which is what a deployment pays. The parent process only exports and
+quantizes the ONNX files.
+
+Latency is wall time per batch of ``runs`` timed calls after ``warmup`` untimed ones, on random
+``uint8`` images of ``size x size``: the whole graph for plaindet (normalization, network, top-k);
+``forward`` on normalized float pixels for the transformers reference models (their
+post-processing is a separate call, and cheap). Random weights do not change the cost of these
+models, so latency needs no trained checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BenchmarkRow", "reference_model", "run_benchmark"]
+
+
+@dataclass
+class BenchmarkRow:
+    """One measured backend: ``times`` in seconds per batch, ``peak_rss_mb`` of its worker process,
+    ``size_mb`` of the ONNX file or of the PyTorch weights in memory."""
+
+    model: str
+    backend: str
+    precision: str
+    times: list[float]
+    batch: int
+    peak_rss_mb: float
+    size_mb: float
+    note: str = ""
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times) * 1000
+
+    @property
+    def p90_ms(self) -> float:
+        t = sorted(self.times)
+        return t[min(len(t) - 1, round(0.9 * (len(t) - 1)))] * 1000
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch / statistics.median(self.times)
+
+
+@dataclass
+class WorkerSpec:
+    """What one worker process measures (JSON on its command line)."""
+
+    backend: str  # "torch", "ort" or "hf"
+    precision: str  # "fp32", "bf16" or an ONNX file's precision
+    size: int
+    batch: int
+    threads: int
+    runs: int
+    warmup: int
+    model: str = ""  # a registered plaindet model, or "detr-r50" / "rtdetr-r18" for "hf"
+    weights: str = ""  # a plaindet checkpoint (instead of model)
+    onnx: str = ""  # an ONNX file for "ort"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size.
+
+    On Linux it is ``VmHWM`` from ``/proc/self/status``, the high-water mark of this process image:
+    ``getrusage``'s ``ru_maxrss`` would report the parent's peak instead whenever that is larger,
+    because Linux carries the forked parent's high-water mark across ``exec`` into the child's
+    ``ru_maxrss``. Elsewhere it falls back to ``ru_maxrss``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _time_calls(fn, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def reference_model(name: str):
+    """A transformers reference detector with random weights, built from its config alone (no timm,
+    no download): ``detr-r50`` (``DetrForObjectDetection``, ResNet-50) or ``rtdetr-r18``
+    (``RTDetrForObjectDetection`` with the dims of RT-DETR-R18: ResNet-18-vd, hidden expansion 0.5,
+    3 decoder layers). 80 classes."""
+    from transformers import (
+        DetrConfig,
+        DetrForObjectDetection,
+        ResNetConfig,
+        RTDetrConfig,
+        RTDetrForObjectDetection,
+        RTDetrResNetConfig,
+    )
+
+    if name == "detr-r50":
+        config = DetrConfig(backbone_config=ResNetConfig(out_features=["stage4"]), use_timm_backbone=False, num_labels=80)
+        return DetrForObjectDetection(config).eval()
+    if name == "rtdetr-r18":
+        backbone = RTDetrResNetConfig(
+            depths=[2, 2, 2, 2],
+            layer_type="basic",
+            hidden_sizes=[64, 128, 256, 512],
+            embedding_size=64,
+            out_features=["stage2", "stage3", "stage4"],
+        )
+        config = RTDetrConfig(backbone_config=backbone, encoder_in_channels=[128, 256, 512], hidden_expansion=0.5, decoder_layers=3, num_labels=80)
+        return RTDetrForObjectDetection(config).eval()
+    raise ValueError(f"unknown reference model {name!r}: detr-r50 or rtdetr-r18")
+
+
+def _worker(spec: WorkerSpec) -> dict[str, Any]:
+    """Run inside the worker process: import the backend, build the model, time it."""
+    if spec.backend == "ort":
+        import numpy as np
+
+        from plaindet.export.ort import OnnxDetector
+
+        detector = OnnxDetector(spec.onnx, threads=spec.threads)
+        h, w = detector.input_size
+        images = np.random.default_rng(0).integers(0, 256, (spec.batch, 3, h, w), dtype=np.uint8)
+        times = _time_calls(lambda: detector(images), spec.runs, spec.warmup)
+        return {"times": times, "peak_rss_mb": _peak_rss_mb()}
+
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(0)
+    if spec.backend == "hf":
+        model = reference_model(spec.model)
+        images = torch.randn(spec.batch, 3, spec.size, spec.size)
+
+        def call():
+            return model(pixel_values=images)
+
+    else:
+        import logging
+
+        import plaindet
+
+        logging.getLogger("plaindet").setLevel(logging.ERROR)  # random-weight warnings are expected
+        model = plaindet.load(spec.weights) if spec.weights else plaindet.create_model(spec.model)
+        model.eval()
+        side = -(-spec.size // model.size_divisor) * model.size_divisor
+        images = torch.randint(0, 256, (spec.batch, 3, side, side), dtype=torch.uint8)
+
+        def call():
+            return model.postprocess(model(images))
+
+    weights_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    dtype = torch.bfloat16 if spec.precision == "bf16" else None
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        times = _time_calls(call, spec.runs, spec.warmup)
+    return {"times": times, "peak_rss_mb": _peak_rss_mb(), "weights_mb": weights_mb}
+
+
+def _run_worker(spec: WorkerSpec) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec.threads))
+    proc = subprocess.run(
+        [sys.executable, "-m", "plaindet.export.benchmark", "--worker", json.dumps(asdict(spec))],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,  # checked below, to show the worker's stderr
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker {spec.backend}/{spec.precision} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _file_mb(path: str | Path) -> float:
+    return Path(path).stat().st_size / 2**20
+
+
+def run_benchmark(
+    *,
+    model: str | None = None,
+    weights: str | None = None,
+    size: int = 640,
+    batch: int = 1,
+    threads: int = 2,
+    runs: int = 10,
+    warmup: int = 2,
+    compare: bool = False,
+    calib_data: str | None = None,
+    calib_images: int = 32,
+    workdir: str | os.PathLike | None = None,
+    log=print,
+) -> list[BenchmarkRow]:
+    """Measure PyTorch fp32/bf16 and ONNX Runtime fp32/int8 (and with ``compare`` the transformers
+    references) for a registered ``model`` or a checkpoint ``weights``; returns one row per backend.
+
+    int8-static is calibrated on ``calib_images`` images of ``calib_data`` when given; otherwise on
+    random images, which gives its speed but not its accuracy (the row says so). ``workdir`` keeps
+    the ONNX files (default: a temporary folder).
+    """
+    if (model is None) == (weights is None):
+        raise ValueError("give either a model name or a checkpoint (weights), not both")
+    import numpy as np
+
+    from plaindet.export.onnx import export_onnx
+    from plaindet.export.quantize import calibration_images, quantize_onnx
+
+    rows: list[BenchmarkRow] = []
+    common = dict(size=size, batch=batch, threads=threads, runs=runs, warmup=warmup)
+    label = model or Path(weights).name
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(workdir or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        import logging
+
+        import plaindet
+
+        logging.getLogger("plaindet").setLevel(logging.ERROR)
+        net = plaindet.load(weights) if weights else plaindet.create_model(model)
+        log(f"exporting {label} to ONNX at {size} px ...")
+        fp32 = export_onnx(net, folder / "fp32.onnx", image_size=size, dynamic_batch=batch > 1)
+        log("quantizing: int8-dynamic ...")
+        dynamic = quantize_onnx(fp32, folder / "int8-dynamic.onnx", "int8-dynamic")
+        if calib_data:
+            calib = calibration_images(calib_data, calib_images)
+            note = f"calibrated on {len(calib)} images of {calib_data}"
+        else:
+            rng = np.random.default_rng(0)
+            calib = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
+            note = "random calibration: speed only"
+        log(f"quantizing: int8-static ({note}) ...")
+        static = quantize_onnx(fp32, folder / "int8-static.onnx", "int8-static", calib_images=calib)
+        del net
+
+        specs = [
+            (WorkerSpec("torch", "fp32", model=model or "", weights=weights or "", **common), "weights in memory"),
+            (WorkerSpec("torch", "bf16", model=model or "", weights=weights or "", **common), "autocast; weights in memory"),
+            (WorkerSpec("ort", "fp32", onnx=str(fp32), **common), "ONNX file"),
+            (WorkerSpec("ort", "int8-dynamic", onnx=str(dynamic), **common), "ONNX file"),
+            (WorkerSpec("ort", "int8-static", onnx=str(static), **common), f"ONNX file; {note}"),
+        ]
+        if compare:
+            for ref in ("detr-r50", "rtdetr-r18"):
+                for precision in ("fp32", "bf16"):
+                    specs.append((WorkerSpec("hf", precision, model=ref, **common), "transformers, random init"))
+        for spec, row_note in specs:
+            log(f"measuring {spec.model or label} {spec.backend} {spec.precision} ...")
+            result = _run_worker(spec)
+            name = spec.model if spec.backend == "hf" else label
+            backend = "onnxruntime" if spec.backend == "ort" else "pytorch"
+            size_mb = _file_mb(spec.onnx) if spec.backend == "ort" else result["weights_mb"]
+            rows.append(BenchmarkRow(name, backend, spec.precision, result["times"], batch, result["peak_rss_mb"], size_mb, row_note))
+    return rows
+
+
+def format_table(rows: list[BenchmarkRow], *, size: int, threads: int) -> str:
+    """The rows as a plain-text table; ``vs first`` is each row's median latency over the first row's.
+
+    With rows of other models (``--compare``), a second table gives their latency and peak memory
+    over the first model's at the same precision.
+    """
+    base = rows[0]
+    header = (
+        f"{'model':<14} {'backend':<12} {'precision':<13} {'size MB':>8} {'median ms':>10} {'p90 ms':>8} "
+        f"{'img/s':>7} {'peak RSS MB':>12} {'vs first':>9}  note"
+    )
+    lines = [f"batch {base.batch}, {size}x{size}, {threads} threads; each row measured in a fresh process", header]
+    for r in rows:
+        lines.append(
+            f"{r.model:<14} {r.backend:<12} {r.precision:<13} {r.size_mb:>8.1f} {r.median_ms:>10.0f} {r.p90_ms:>8.0f} "
+            f"{r.images_per_s:>7.2f} {r.peak_rss_mb:>12.0f} {r.median_ms / base.median_ms:>8.2f}x  {r.note}"
+        )
+    ours = {r.precision: r for r in rows if r.model == base.model and r.backend == "pytorch"}
+    others = [r for r in rows if r.model != base.model]
+    if others:
+        lines += ["", f"{'ratio to ' + base.model + ' (pytorch, same precision)':<48} {'latency':>8} {'peak RSS':>9} {'size':>6}"]
+        for r in others:
+            mine = ours.get(r.precision)
+            if mine is not None:
+                lines.append(
+                    f"{r.model + ' ' + r.precision:<48} {r.median_ms / mine.median_ms:>7.2f}x {r.peak_rss_mb / mine.peak_rss_mb:>8.2f}x "
+                    f"{r.size_mb / mine.size_mb:>5.2f}x"
+                )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(_worker(WorkerSpec(**json.loads(sys.argv[2])))))
+    else:
+        sys.exit("usage: plaindet benchmark --help (this module's --worker mode is internal)")

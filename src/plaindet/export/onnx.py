@@ -1,0 +1,235 @@
+"""Export any registered model to one ONNX file: normalization, network and post-processing inside.
+
+The graph (see :class:`ExportWrapper`) is the model contract of :mod:`plaindet.models.base` traced
+end to end, ``postprocess(forward(images))``:
+
+- input ``images``: ``uint8 (B, 3, H, W)`` RGB, 0..255, each image resized so its long side is
+  ``image_size`` and zero-padded at the bottom/right to ``H = W = image_size`` rounded up to the
+  model's ``size_divisor``. ``B`` is fixed (1) or dynamic (``dynamic_batch``).
+- outputs ``boxes float32 (B, k, 4)`` xyxy in input pixels, ``scores float32 (B, k)`` sorted high to
+  low, ``labels int64 (B, k)`` contiguous class indices, ``k = max_detections``.
+
+So deployment needs onnxruntime and an image resize, nothing else (:class:`plaindet.OnnxDetector`
+does both). The file's ``metadata_props`` (see :data:`METADATA_KEYS`) hold the class names, input
+size and plaindet version, so the file describes itself.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export, then onnxscript), which gives a clean
+graph for every op the models use, including the window attention's masks and the dynamic batch;
+the TorchScript exporter is not needed. Export is generic over the contract: every registered
+family (plaindet, DETR, DePerceiver, patch-token) exports; the patch-token models' autoregressive
+decoding is unrolled into ``3 * max_objects + 1`` decoder steps, so their graphs are large and slow
+to export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from plaindet.export.deps import require
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("boxes", "scores", "labels")
+# metadata_props keys, all strings (JSON for lists): read back by plaindet.export.ort.OnnxDetector.
+METADATA_KEYS = (
+    "plaindet_version",
+    "model",
+    "class_names",
+    "category_ids",
+    "image_size",
+    "input_size",
+    "size_divisor",
+    "max_detections",
+    "precision",
+    "config",
+)
+
+
+class ExportWrapper(nn.Module):
+    """``images -> (boxes, scores, labels)``: a model's ``postprocess(forward(images))`` as one module.
+
+    Works for any model that keeps the contract of :class:`plaindet.models.base.DetectionModel`;
+    ``max_detections`` fixes ``k`` (default: the model's config).
+    """
+
+    def __init__(self, model: nn.Module, max_detections: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.max_detections = max_detections or model.config.max_detections
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.postprocess(self.model(images), self.max_detections)
+
+
+def export_input_size(image_size: int, size_divisor: int) -> int:
+    """Side of the square model input: ``image_size`` rounded up to ``size_divisor``."""
+    return -(-image_size // size_divisor) * size_divisor
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    # torch.onnx logs one warning per torchvision op it can't register (torchvision isn't needed
+    # here) and torch.export raises FutureWarnings from its internals; neither concerns the user.
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _deployable(model: nn.Module) -> nn.Module:
+    """The model as deployed: in eval mode, LoRA adapters merged (on a copy, the caller's model is untouched)."""
+    lora = getattr(model.config, "lora", None)
+    if lora is not None and getattr(lora, "rank", 0) > 0:
+        from plaindet.models.lora import merge_lora
+
+        model = merge_lora(copy.deepcopy(model))
+    return model.eval()
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    image_size: int | None = None,
+    dynamic_batch: bool = False,
+    opset: int | None = None,
+    max_detections: int | None = None,
+) -> Path:
+    """Write ``model`` as one self-contained ONNX file (see the module docstring for its inputs/outputs).
+
+    Args:
+        model: a registered plaindet model (any model keeping the contract).
+        path: the ``.onnx`` file to write (weights inside, no external data file).
+        image_size: the long side images are resized to (default: the model's ``config.image_size``);
+            the input is ``image_size`` rounded up to ``size_divisor``, square.
+        dynamic_batch: a dynamic batch dimension instead of a fixed batch of 1.
+        opset: ONNX opset (default: the exporter's, 20 with torch 2.13). From 23 the exporter writes
+            attention as the ONNX ``Attention`` op, which onnxruntime 1.31's CPU kernel cannot run
+            with the window attention's broadcast padding mask (plaindet at sizes whose patch grid
+            isn't a multiple of the window): keep the default for onnxruntime.
+        max_detections: ``k`` of the top-k (default: the model's config).
+
+    Returns the path. Raises ``ImportError`` naming the extra when onnx/onnxscript are missing.
+    """
+    require("onnxscript")
+    onnx = require("onnx")
+    model = _deployable(model)
+    config = model.config
+    image_size = image_size or config.image_size
+    side = export_input_size(image_size, model.size_divisor)
+    wrapper = ExportWrapper(model, max_detections).eval()
+    # Trace with batch 2 when the batch is dynamic: torch.export specializes a size of 1 to a constant.
+    device = next(model.parameters()).device
+    example = torch.zeros(2 if dynamic_batch else 1, 3, side, side, dtype=torch.uint8, device=device)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+        program.save(path, external_data=False)
+
+    from plaindet import __version__
+    from plaindet.config import to_dict
+
+    proto = onnx.load(path)
+    set_metadata(
+        proto,
+        {
+            "plaindet_version": __version__,
+            "model": config.name,
+            "class_names": json.dumps(list(config.class_names)),
+            "category_ids": json.dumps([int(i) for i in config.category_ids]),
+            "image_size": str(image_size),
+            "input_size": json.dumps([side, side]),
+            "size_divisor": str(model.size_divisor),
+            "max_detections": str(wrapper.max_detections),
+            "precision": "fp32",
+            "config": json.dumps(to_dict(config)),
+        },
+    )
+    proto.doc_string = (
+        f"plaindet {config.name}: images uint8 (B, 3, {side}, {side}) RGB 0..255, resized to a long side of "
+        f"{image_size} and zero-padded at the bottom/right -> boxes float32 (B, k, 4) xyxy input pixels, "
+        f"scores float32 (B, k) high to low, labels int64 (B, k); k = {wrapper.max_detections}"
+    )
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+    return path
+
+
+def set_metadata(proto: Any, values: dict[str, str]) -> None:
+    """Set (replace) string entries of an ``onnx.ModelProto``'s ``metadata_props``."""
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    for p in kept:
+        proto.metadata_props.add(key=p.key, value=p.value)
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=str(value))
+
+
+@torch.no_grad()
+def onnx_parity(model: nn.Module, path: str | os.PathLike, images: Tensor, max_detections: int | None = None) -> dict[str, float]:
+    """How far the ONNX file's outputs are from PyTorch's ``postprocess(forward(images))``.
+
+    ``images``: ``uint8 (B, 3, H, W)`` at the file's input size. Returns
+
+    - ``scores``: max abs difference of the scores rank by rank (sorted lists, so a swap of two
+      tied detections doesn't show);
+    - ``boxes``: max abs difference of each ONNX detection's box from its PyTorch twin: the detection
+      with the same label and a score within ``1e-5``, so detections whose nearly tied scores swap
+      ranks between the backends are still compared with each other. Ranks tied with the last one are
+      left out (they may fall out of the other backend's top-k); a detection with no twin counts as
+      ``inf``; ``boxes_compared`` says how many detections were compared;
+    - ``labels``: the fraction of ranks whose label differs (swaps of tied scores, not errors).
+    """
+    ort = require("onnxruntime")
+    wrapper = ExportWrapper(_deployable(model), max_detections).eval()
+    ref = [t.numpy() for t in wrapper(images)]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.numpy()})
+    matched = [_matched_box_diff(*(o[i] for o in ref), *(o[i] for o in out)) for i in range(len(images))]
+    return {
+        "boxes": max(diff for diff, _ in matched),
+        "boxes_compared": sum(n for _, n in matched),
+        "scores": float(abs(out[1] - ref[1]).max()),
+        "labels": float((out[2] != ref[2]).mean()),
+    }
+
+
+def _matched_box_diff(ref_boxes, ref_scores, ref_labels, boxes, scores, labels, tol: float = 1e-5) -> tuple[float, int]:
+    """``(max abs box difference, detections compared)`` for one image; see :func:`onnx_parity`."""
+    worst, compared = 0.0, 0
+    last = min(ref_scores[-1], scores[-1])
+    for box, score, label in zip(boxes, scores, labels):
+        if score <= last + tol:
+            break  # scores are sorted: the rest are all tied with the cut-off
+        twins = (ref_labels == label) & (abs(ref_scores - score) <= tol)
+        if not twins.any():
+            return float("inf"), compared
+        worst = max(worst, float(abs(ref_boxes[twins] - box).max(axis=1).min()))
+        compared += 1
+    return worst, compared

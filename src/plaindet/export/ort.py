@@ -1,0 +1,165 @@
+"""Run an exported plaindet ONNX file with ONNX Runtime: the deployment predictor, with no torch.
+
+This module and everything it imports use numpy, Pillow, OpenCV and onnxruntime only (a test checks
+that ``torch`` never gets imported), so a deployment installs ``onnxruntime`` and not PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plaindet.detections import (
+    Detections,
+    as_image_list,
+    detections_for_image,
+    pad_batch,
+    resize_long_side,
+    to_rgb_array,
+)
+from plaindet.export.deps import require
+
+__all__ = ["OnnxDetector", "onnx_coco_results"]
+
+_REQUIRED_METADATA = ("class_names", "image_size", "input_size")
+
+
+class OnnxDetector:
+    """A plaindet ONNX file (from :func:`plaindet.export.export_onnx` or ``plaindet export``), with the
+    same :meth:`predict` as :class:`plaindet.Detector`.
+
+    Args:
+        path: the ``.onnx`` file (fp32, int8 or fp16: the inputs and outputs are the same).
+        threads: ONNX Runtime intra-op threads (default: ONNX Runtime's, one per physical core).
+        providers: execution providers (default: ``["CPUExecutionProvider"]``).
+        optimization_level: ONNX Runtime graph optimization, ``"all"`` (default), ``"extended"``,
+            ``"basic"`` or ``"disabled"``.
+
+    Attributes read from the file's metadata: ``class_names``, ``category_ids``, ``image_size`` (the
+    long side images are resized to), ``input_size`` ``(H, W)`` (the fixed model input),
+    ``max_detections``, ``precision``, ``model_name``; ``batch_size`` is the fixed batch, or
+    ``None`` for a dynamic one.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        optimization_level: str = "all",
+    ) -> None:
+        ort = require("onnxruntime")
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }
+        if optimization_level not in levels:
+            raise ValueError(f"optimization_level must be one of {sorted(levels)}, got {optimization_level!r}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such ONNX file")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = levels[optimization_level]
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
+
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        missing = [k for k in _REQUIRED_METADATA if k not in meta]
+        if missing:
+            raise ValueError(f"{self.path}: not a plaindet ONNX file (metadata {missing} missing); export it with `plaindet export`")
+        self.metadata = meta
+        self.class_names: list[str] = json.loads(meta["class_names"])
+        self.category_ids: list[int] = json.loads(meta.get("category_ids", json.dumps(list(range(len(self.class_names))))))
+        self.image_size = int(meta["image_size"])
+        self.input_size: tuple[int, int] = tuple(json.loads(meta["input_size"]))
+        self.max_detections = int(meta.get("max_detections", 0)) or None
+        self.precision = meta.get("precision", "fp32")
+        self.model_name = meta.get("model", "")
+        (self._input,) = self.session.get_inputs()
+        batch = self._input.shape[0]
+        self.batch_size: int | None = batch if isinstance(batch, int) else None
+
+    def __repr__(self) -> str:
+        return (
+            f"OnnxDetector({str(self.path)!r}, model={self.model_name!r}, precision={self.precision!r}, "
+            f"input={self.input_size}, classes={len(self.class_names)})"
+        )
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The raw graph: ``uint8 (B, 3, H, W)`` at :attr:`input_size` -> ``boxes (B, k, 4)`` xyxy input
+        pixels, ``scores (B, k)``, ``labels (B, k)``."""
+        boxes, scores, labels = self.session.run(None, {self._input.name: np.ascontiguousarray(images, dtype=np.uint8)})
+        return boxes, scores, labels
+
+    def predict(self, images: Any, threshold: float = 0.3, image_size: int | None = None, batch_size: int = 8):
+        """Detect objects in one image or a list of images, exactly like :meth:`plaindet.Detector.predict`.
+
+        ``images``: a path, PIL image, ``uint8`` ``(H, W, 3)`` RGB array (or a float one in [0, 1]),
+        or a list of those. Each is resized so its long side is ``image_size`` (default: the one it
+        was exported at; at most the model's input side) and zero-padded at the bottom/right to the
+        fixed input size. Returns :class:`~plaindet.detections.Detections` (a list for list input)
+        in original-image pixels.
+        """
+        image_size = image_size or self.image_size
+        if image_size > min(self.input_size):
+            raise ValueError(
+                f"image_size {image_size} does not fit the model's fixed input {self.input_size[0]}x{self.input_size[1]}; "
+                "export again with a larger --image-size"
+            )
+        items, is_list = as_image_list(images)
+        step = self.batch_size or batch_size
+        results: list[Detections] = []
+        for start in range(0, len(items), step):
+            arrays = [to_rgb_array(im) for im in items[start : start + step]]
+            resized = [resize_long_side(a, image_size) for a in arrays]
+            batch = pad_batch(resized, *self.input_size)
+            if self.batch_size and len(batch) < self.batch_size:  # a fixed batch: fill it with blank images
+                batch = np.concatenate([batch, np.zeros((self.batch_size - len(batch),) + batch.shape[1:], np.uint8)])
+            boxes, scores, labels = self(batch)
+            for i, (a, r) in enumerate(zip(arrays, resized)):
+                results.append(
+                    detections_for_image(
+                        boxes[i],
+                        scores[i],
+                        labels[i],
+                        threshold=threshold,
+                        resized_hw=r.shape[:2],
+                        orig_hw=a.shape[:2],
+                        class_names=self.class_names,
+                    )
+                )
+        return results if is_list else results[0]
+
+
+def onnx_coco_results(detector: OnnxDetector, dataset, *, image_size: int | None = None, batch_size: int = 8) -> list[dict]:
+    """COCO results ``{image_id, category_id, bbox, score}`` of ``detector`` on every image of a
+    :class:`~plaindet.data.DetectionDataset`, in the dataset's ids; like
+    :func:`plaindet.engine.validate.predict_dataset`, so :func:`plaindet.engine.evaluate.evaluate_coco`
+    scores both the same way."""
+    if len(detector.class_names) != dataset.num_classes:
+        raise ValueError(f"the model has {len(detector.class_names)} classes but the dataset has {dataset.num_classes}")
+    results: list[dict] = []
+    samples = list(dataset)
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        detections = detector.predict([s.image_path for s in chunk], threshold=0.0, image_size=image_size, batch_size=batch_size)
+        for sample, det in zip(chunk, detections):
+            for (x1, y1, x2, y2), score, k in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+                results.append(
+                    {
+                        "image_id": int(sample.image_id),
+                        "category_id": int(dataset.category_ids[k]),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "score": float(score),
+                    }
+                )
+    return results

@@ -1,0 +1,180 @@
+"""The ONNX Runtime side: ``OnnxDetector.predict`` equals ``Detector.predict``, runs without torch, and
+the int8/fp16 variants keep the contract and quantize what they should."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+import plaindet
+from plaindet.data import load_dataset
+from plaindet.export.onnx import export_onnx
+from plaindet.export.quantize import (
+    activation_matmuls,
+    calibration_images,
+    output_layers,
+    prediction_nodes,
+    quantize_onnx,
+)
+
+SIZE = 128
+CLASSES = ["circle", "square", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    """plaindet-t, 4 blocks (2 window, 2 global), 3 classes, logits spread so detections don't tie."""
+    torch.manual_seed(0)
+    logging.getLogger("plaindet").setLevel(logging.ERROR)
+    model = plaindet.create_model("plaindet-t", class_names=CLASSES, image_size=SIZE, backbone=dict(depth=4, global_blocks=(1, 3)))
+    torch.nn.init.normal_(model.head.cls_out.weight, std=0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", dynamic_batch=True)
+
+
+@pytest.fixture(scope="module")
+def test_images(tmp_path_factory):
+    """A square array, a wide PNG file and a tall PIL image: one batch, padded to the same 128 x 128
+    by both predictors (the square image sets the batch's size for ``Detector.predict``)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("img") / "wide.png"
+    Image.fromarray(rng.integers(0, 256, (90, 200, 3), dtype=np.uint8)).save(path)
+    return [rng.integers(0, 256, (150, 150, 3), dtype=np.uint8), path, Image.fromarray(rng.integers(0, 256, (240, 100, 3), dtype=np.uint8))]
+
+
+def test_onnx_detector_predicts_like_detector(model, exported, test_images):
+    ours = plaindet.OnnxDetector(exported, threads=1)
+    expected = model.predict(test_images, threshold=0.2)
+    got = ours.predict(test_images, threshold=0.2)
+    assert len(got) == len(expected) == 3
+    assert sum(len(d) for d in expected) > 10  # something to compare
+    for e, g in zip(expected, got):
+        assert len(g) == len(e)
+        np.testing.assert_allclose(g.boxes, e.boxes, atol=1e-3)  # original pixels, up to 1.9x the input's
+        np.testing.assert_allclose(g.scores, e.scores, atol=1e-5)
+        np.testing.assert_array_equal(g.labels, e.labels)
+        assert g.class_names == e.class_names
+        assert g.boxes.dtype == np.float32 and g.labels.dtype == np.int64
+
+
+def test_onnx_detector_single_image_and_its_own_checks(exported, tmp_path):
+    detector = plaindet.OnnxDetector(exported)
+    assert detector.batch_size is None and detector.class_names == CLASSES and detector.input_size == (SIZE, SIZE)
+    one = detector.predict(np.zeros((40, 30, 3), np.uint8), threshold=0.0, image_size=96)  # smaller than the input: padded
+    assert len(one) == 100 and one.boxes.max() <= 40
+    with pytest.raises(ValueError, match="does not fit"):
+        detector.predict(np.zeros((40, 30, 3), np.uint8), image_size=160)
+    plain = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        ),
+        ir_version=10,
+        opset_imports=[onnx.helper.make_opsetid("", 20)],
+    )
+    onnx.save(plain, tmp_path / "plain.onnx")
+    with pytest.raises(ValueError, match="not a plaindet ONNX file"):
+        plaindet.OnnxDetector(tmp_path / "plain.onnx")
+
+
+def test_onnx_detector_never_imports_torch(exported):
+    code = f"""
+import sys
+import numpy as np
+import plaindet
+detector = plaindet.OnnxDetector({str(exported)!r}, threads=1)
+dets = detector.predict([np.zeros((50, 70, 3), np.uint8), np.full((64, 64), 0.5, np.float32)], threshold=0.0)
+assert [len(d) for d in dets] == [100, 100], [len(d) for d in dets]
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def _ops(path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(path).graph.node)
+
+
+def _run(path, batch):
+    return plaindet.OnnxDetector(path, threads=1)(batch)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(1).integers(0, 256, (2, 3, SIZE, SIZE), dtype=np.uint8)
+
+
+def test_int8_dynamic_quantizes_every_linear_layer(exported, batch, tmp_path):
+    path = quantize_onnx(exported, tmp_path / "dyn.onnx", "int8-dynamic")
+    ops = _ops(path)
+    weight_matmuls = _ops(exported)["MatMul"] - len(activation_matmuls(onnx.load(exported)))
+    assert ops["MatMulInteger"] == weight_matmuls == 4 * 4  # in_proj, out_proj, c_fc, c_proj per block
+    assert ops["Conv"] == _ops(exported)["Conv"]  # convs stay float
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert meta["precision"] == "int8-dynamic" and json.loads(meta["class_names"]) == CLASSES
+    ref, out = _run(exported, batch), _run(path, batch)
+    assert out[0].shape == ref[0].shape and out[2].dtype == np.int64
+    assert np.abs(out[1] - ref[1]).max() < 0.05  # the same detections, roughly
+
+
+def test_int8_static_calibrates_on_images_and_keeps_prediction_layers_float(exported, batch, tiny_shapes, tmp_path):
+    calib = calibration_images(tiny_shapes, 4)
+    assert len(calib) == 4 and all(p.parent.name == "train" for p in calib)
+    path = quantize_onnx(exported, tmp_path / "static.onnx", "int8-static", calib_images=calib)
+    proto = onnx.load(path)
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    layers = [n for n in proto.graph.node if n.op_type in ("MatMul", "Conv", "ConvTranspose")]
+    quantized = {n.name for n in layers if n.input[0] in dequantized and n.input[1] in dequantized}
+    kept = set(output_layers(onnx.load(exported)))
+    assert quantized == {n.name for n in layers} - kept  # all but the prediction layers ...
+    assert set(activation_matmuls(onnx.load(exported))) <= quantized  # ... attention products included
+    matmul_outputs = {n.output[0] for n in layers if n.op_type == "MatMul"}
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] in matmul_outputs for n in proto.graph.node)  # float outputs
+    assert {p.key: p.value for p in proto.metadata_props}["precision"] == "int8-static"
+    ref, out = _run(exported, batch), _run(path, batch)
+    assert out[1].shape == ref[1].shape
+    assert np.abs(out[1] - ref[1]).max() < 0.1
+
+
+def test_int8_static_without_images_is_an_error(exported, tmp_path):
+    with pytest.raises(ValueError, match="calibration images"):
+        quantize_onnx(exported, tmp_path / "s.onnx", "int8-static")
+    with pytest.raises(ValueError, match="unknown quantization mode"):
+        quantize_onnx(exported, tmp_path / "s.onnx", "int4")
+
+
+def test_fp16_halves_the_weights_and_keeps_float32_io(exported, batch, tmp_path):
+    path = quantize_onnx(exported, tmp_path / "half.onnx", "fp16")
+    proto = onnx.load(path)
+    matrices = [i for i in proto.graph.initializer if len(i.dims) >= 2]
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in matrices) > 30
+    # float32 stay only the prediction layers and post-processing (box decoding overflows float16)
+    original = onnx.load(exported)
+    post = {name for n in original.graph.node if n.name in set(prediction_nodes(original)) for name in n.input}
+    assert {i.name for i in matrices if i.data_type == onnx.TensorProto.FLOAT} <= post
+    assert path.stat().st_size < 0.6 * exported.stat().st_size
+    ref, out = _run(exported, batch), _run(path, batch)
+    assert out[1].dtype == np.float32 and out[0].dtype == np.float32
+    assert np.abs(out[1] - ref[1]).max() < 5e-3
+
+
+def test_calibration_images_from_a_folder(tiny_shapes):
+    folder = tiny_shapes / "train"
+    assert len(calibration_images(folder, 100)) == len(load_dataset(tiny_shapes, split="train"))
