@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from plaindet.models.criterion import OneToOneCriterion
 from plaindet.models.detector import topk_detections
 from plaindet.ops.boxes import box_area, box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
-from plaindet.ops.losses import focal_cost, sigmoid_focal_loss
+from plaindet.ops.losses import focal_cost, sigmoid_focal_loss, varifocal_loss
 from plaindet.ops.matching import min_cost_assignment
 
 
@@ -108,6 +109,43 @@ def test_sigmoid_focal_loss_matches_formula(alpha, gamma):
             term = -(p**gamma) * math.log(1 - p)
             expected += term * ((1 - alpha) if alpha >= 0 else 1.0)
     assert sigmoid_focal_loss(logits, targets, alpha, gamma).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_varifocal_loss_matches_formula_and_is_lowest_at_the_quality_target():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 5, generator=g) * 3
+    targets = torch.where(torch.rand(6, 5, generator=g) > 0.7, torch.rand(6, 5, generator=g).clamp(min=0.05), torch.zeros(6, 5))
+    expected = 0.0
+    for x, t in zip(logits.flatten().tolist(), targets.flatten().tolist()):
+        p = 1 / (1 + math.exp(-x))
+        if t > 0:
+            expected += -t * (t * math.log(p) + (1 - t) * math.log(1 - p))
+        else:
+            expected += -0.75 * p**2 * math.log(1 - p)
+    assert varifocal_loss(logits, targets).item() == pytest.approx(expected, rel=1e-5)
+    # A positive's gradient vanishes where its score equals its target (the IoU), not at score 1.
+    x = torch.logit(torch.tensor([0.6]), eps=0).requires_grad_()
+    varifocal_loss(x, torch.tensor([0.6])).backward()
+    assert abs(x.grad.item()) < 1e-6
+
+
+def test_quality_targets_are_the_matched_ious():
+    criterion = OneToOneCriterion(2, quality_targets=True)
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [20, 20, 30, 30]]])
+    logits = torch.full((1, 2, 2), -2.0)
+    logits[0, 0, 1] = 0.0  # probability 0.5
+    logits.requires_grad_()
+    targets = [{"boxes": torch.tensor([[0.0, 0, 10, 20]]), "labels": torch.tensor([1]), "size": (40, 40)}]
+    outputs = {"logits": logits, "boxes": boxes, "centers": torch.tensor([[5.0, 5], [25, 25]])}
+    criterion(outputs, targets)["loss"].backward()
+    # Prediction 0 matches the object (IoU 0.5) and is the only positive, of class 1, with target 0.5:
+    # its score already equals the target, so it gets no gradient; every other score is pushed down.
+    grad = logits.grad[0]
+    assert abs(grad[0, 1].item()) < 1e-6 and (grad[1] > 0).all() and grad[0, 0] > 0
+    plain = OneToOneCriterion(2)  # binary targets: the same positive is pushed up, toward 1
+    logits.grad = None
+    plain(outputs, targets)["loss"].backward()
+    assert logits.grad[0, 0, 1] < 0
 
 
 def test_sigmoid_focal_loss_is_float32_under_half_inputs():

@@ -38,6 +38,7 @@ class DemoSettings:
     window_size: int = 8
     lr: float = 1e-3
     min_lr_ratio: float = 1.0
+    quality_targets: bool = False
     samples_to_draw: int = 8
 
 
@@ -118,7 +119,7 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
         min_lr_ratio=s.min_lr_ratio,
         seed=seed,
         eval_every=0,  # the demo evaluates once, below: evaluation time is training time lost
-        model_overrides={"backbone": {"window_size": s.window_size}},
+        model_overrides={"backbone": {"window_size": s.window_size}, "quality_targets": s.quality_targets},
         augment={"crop": 0.0, "zoom_out": 0.0},
     )
     train(cfg)

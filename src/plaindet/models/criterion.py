@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from plaindet.ops.boxes import generalized_box_iou
-from plaindet.ops.losses import focal_cost, loss_normalizer, sigmoid_focal_loss
+from plaindet.ops.boxes import box_iou, generalized_box_iou
+from plaindet.ops.losses import focal_cost, loss_normalizer, sigmoid_focal_loss, varifocal_loss
 from plaindet.ops.matching import min_cost_assignment
 
 
@@ -40,13 +40,18 @@ class OneToOneCriterion(nn.Module):
     ``targets``: per image a dict with ``boxes (N, 4)`` xyxy pixels, ``labels (N,)`` int64 and
     ``size`` ``(h, w)`` of the input image (box L1 terms are normalized by it).
     Returns a dict of scalar losses; ``loss`` is their weighted sum.
+
+    ``quality_targets``: a matched prediction's class target is the IoU of its box with the object's
+    (detached), learned with the varifocal loss, instead of 1 with the focal loss; scores then rank
+    detections by how well they are placed, which is what AP at high IoU thresholds rewards.
     """
 
-    def __init__(self, num_classes: int, weights: LossWeights = LossWeights(), aux_topk: int = 8) -> None:
+    def __init__(self, num_classes: int, weights: LossWeights = LossWeights(), aux_topk: int = 8, quality_targets: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.w = weights
         self.aux_topk = aux_topk
+        self.quality_targets = quality_targets
 
     def _costs(self, logits: Tensor, boxes: Tensor, tgt: dict) -> tuple[Tensor, Tensor]:
         """``(L, N)`` matching cost and ``(L, N)`` GIoU for one image."""
@@ -108,13 +113,18 @@ class OneToOneCriterion(nn.Module):
         p_idx = torch.cat([p for p, _ in indices])
         cls_target = torch.zeros_like(logits, dtype=torch.float32)
         labels = torch.cat([t["labels"][g] for t, (_, g) in zip(targets, indices)])
-        cls_target[b_idx, p_idx, labels] = 1.0
-        loss_cls = sigmoid_focal_loss(logits, cls_target, self.w.focal_alpha, self.w.focal_gamma) / num_boxes
+        src = boxes[b_idx, p_idx]
+        tgt = torch.cat([t["boxes"][g] for t, (_, g) in zip(targets, indices)]).to(src)
+        if self.quality_targets:
+            # A floor keeps a badly placed match a positive, so it is never pushed toward background.
+            cls_target[b_idx, p_idx, labels] = box_iou(src.detach(), tgt, pairwise=False).clamp(min=0.01)
+            loss_cls = varifocal_loss(logits, cls_target) / num_boxes
+        else:
+            cls_target[b_idx, p_idx, labels] = 1.0
+            loss_cls = sigmoid_focal_loss(logits, cls_target, self.w.focal_alpha, self.w.focal_gamma) / num_boxes
         if len(p_idx) == 0:
             zero = boxes.sum() * 0.0
             return {"cls": loss_cls, "l1": zero, "giou": zero}
-        src = boxes[b_idx, p_idx]
-        tgt = torch.cat([t["boxes"][g] for t, (_, g) in zip(targets, indices)]).to(src)
         scale = torch.cat([src.new_tensor([float(t["size"][1]), float(t["size"][0])] * 2).expand(len(g), 4) for t, (_, g) in zip(targets, indices)])
         loss_l1 = (src / scale - tgt / scale).abs().sum() / num_boxes
         loss_giou = (1 - generalized_box_iou(src, tgt, pairwise=False)).sum() / num_boxes

@@ -55,6 +55,8 @@ class DetectorConfig:
     ``backbone_trainable`` is resolved when the model is built: ``False`` once pretrained backbone
     weights are loaded (a pretrained backbone is never fully trained again; LoRA adapts it), ``True``
     for a backbone built from random weights, whose frozen features would be of no use.
+    ``quality_targets``: train the class scores toward each match's IoU with the varifocal loss
+    (see :class:`~plaindet.models.criterion.OneToOneCriterion`) instead of toward 1.
     """
 
     name: str = "plaindet"
@@ -68,6 +70,7 @@ class DetectorConfig:
     strides: tuple[int, ...] = (8, 16, 32)
     head_depth: int = 2
     aux_head: bool = True
+    quality_targets: bool = False
     image_size: int = 640
     max_detections: int = 100
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -157,7 +160,7 @@ class Detector(DetectionModel):
     def criterion(self) -> nn.Module:
         from plaindet.models.criterion import OneToOneCriterion
 
-        return OneToOneCriterion(self.config.num_classes)
+        return OneToOneCriterion(self.config.num_classes, quality_targets=self.config.quality_targets)
 
     def no_weight_decay(self) -> set[str]:
         return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}

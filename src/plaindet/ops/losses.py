@@ -24,6 +24,20 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return loss.sum()
 
 
+def varifocal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.75, gamma: float = 2.0) -> Tensor:
+    """Summed varifocal loss (Zhang et al. 2021, VarifocalNet) of independent sigmoid classifiers.
+
+    ``targets`` in [0, 1]: a positive's target is its localization quality (the IoU of its box with
+    the object's), 0 elsewhere. Positives weigh their binary cross-entropy by that target, so
+    well-placed boxes learn the highest scores; negatives are down-weighted by ``alpha * p ** gamma``
+    as in the focal loss. Computed in float32, like :func:`sigmoid_focal_loss`.
+    """
+    logits, targets = logits.float(), targets.float()
+    p = logits.sigmoid()
+    weight = torch.where(targets > 0, targets, alpha * p.pow(gamma)).detach()
+    return (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weight).sum()
+
+
 def focal_cost(logits: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Per-class matching cost of labeling each prediction positive: focal(positive) - focal(negative).
 
