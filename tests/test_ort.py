@@ -4,7 +4,6 @@ the int8/fp16 variants keep the contract and quantize what they should."""
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 from collections import Counter
@@ -12,7 +11,6 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-import torch
 from PIL import Image
 
 import plaindet
@@ -26,18 +24,12 @@ from plaindet.export.quantize import (
     quantize_onnx,
 )
 
-SIZE = 128
-CLASSES = ["circle", "square", "triangle"]
+from test_export import CLASSES, SIZE, tiny_model  # the same tiny model both files export
 
 
 @pytest.fixture(scope="module")
 def model():
-    """plaindet-t, 4 blocks (2 window, 2 global), 3 classes, logits spread so detections don't tie."""
-    torch.manual_seed(0)
-    logging.getLogger("plaindet").setLevel(logging.ERROR)
-    model = plaindet.create_model("plaindet-t", class_names=CLASSES, image_size=SIZE, backbone=dict(depth=4, global_blocks=(1, 3)))
-    torch.nn.init.normal_(model.head.cls_out.weight, std=0.3)
-    return model.eval()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from plaindet.data.images import read_image
 from plaindet.data.resize import resize_image, resized_size, scale_boxes_to_original
 
-__all__ = ["Detections", "as_image_list", "detections_for_image", "pad_batch", "resize_long_side", "to_rgb_array"]
+__all__ = ["Detections", "as_image_list", "detections_for_image", "pad_batch", "predict_in_batches", "resize_long_side", "to_rgb_array"]
 
 
 @dataclass
@@ -121,3 +122,31 @@ def detections_for_image(
     b = scale_boxes_to_original(boxes[keep], resized_hw, orig_hw)
     lab = labels[keep].astype(np.int64)
     return Detections(b, scores[keep].astype(np.float32), lab, [class_names[k] for k in lab])
+
+
+def predict_in_batches(
+    images: Any,
+    run: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    image_size: int,
+    batch_size: int,
+    threshold: float,
+    class_names: list[str],
+) -> Detections | list[Detections]:
+    """The ``predict`` loop every backend shares: read each image, resize its long side to
+    ``image_size``, hand ``batch_size`` of them at a time to ``run`` (which pads them as its model
+    needs and returns the top-k ``boxes (B, k, 4)`` in resized pixels, ``scores``, ``labels`` as numpy)
+    and map the results back to original pixels. One :class:`Detections`, or a list for list input."""
+    items, is_list = as_image_list(images)
+    results: list[Detections] = []
+    for start in range(0, len(items), batch_size):
+        arrays = [to_rgb_array(im) for im in items[start : start + batch_size]]
+        resized = [resize_long_side(a, image_size) for a in arrays]
+        boxes, scores, labels = run(resized)
+        for i, (a, r) in enumerate(zip(arrays, resized)):
+            results.append(
+                detections_for_image(
+                    boxes[i], scores[i], labels[i], threshold=threshold, resized_hw=r.shape[:2], orig_hw=a.shape[:2], class_names=class_names
+                )
+            )
+    return results if is_list else results[0]

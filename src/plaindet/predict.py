@@ -12,9 +12,8 @@ import torch
 
 from plaindet.detections import (  # noqa: F401 (Detections, to_rgb_array, resize_long_side re-exported)
     Detections,
-    as_image_list,
-    detections_for_image,
     pad_batch,
+    predict_in_batches,
     resize_long_side,
     to_rgb_array,
 )
@@ -23,32 +22,20 @@ from plaindet.detections import (  # noqa: F401 (Detections, to_rgb_array, resiz
 @torch.no_grad()
 def predict_images(model, images: Any, *, threshold: float, image_size: int, batch_size: int = 8):
     """See :meth:`plaindet.models.detector.Detector.predict`."""
-    items, is_list = as_image_list(images)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     div = model.size_divisor
-    results = []
+
+    def run(resized):
+        hmax = max(r.shape[0] for r in resized)
+        wmax = max(r.shape[1] for r in resized)
+        batch = torch.from_numpy(pad_batch(resized, -(-hmax // div) * div, -(-wmax // div) * div))
+        return tuple(t.cpu().numpy() for t in model.postprocess(model(batch.to(device))))
+
     try:
-        for start in range(0, len(items), batch_size):
-            arrays = [to_rgb_array(im) for im in items[start : start + batch_size]]
-            resized = [resize_long_side(a, image_size) for a in arrays]
-            hmax = max(r.shape[0] for r in resized)
-            wmax = max(r.shape[1] for r in resized)
-            batch = torch.from_numpy(pad_batch(resized, -(-hmax // div) * div, -(-wmax // div) * div))
-            boxes, scores, labels = (t.cpu().numpy() for t in model.postprocess(model(batch.to(device))))
-            for i, (a, r) in enumerate(zip(arrays, resized)):
-                results.append(
-                    detections_for_image(
-                        boxes[i],
-                        scores[i],
-                        labels[i],
-                        threshold=threshold,
-                        resized_hw=r.shape[:2],
-                        orig_hw=a.shape[:2],
-                        class_names=model.config.class_names,
-                    )
-                )
+        return predict_in_batches(
+            images, run, image_size=image_size, batch_size=batch_size, threshold=threshold, class_names=model.config.class_names
+        )
     finally:
         model.train(was_training)
-    return results if is_list else results[0]

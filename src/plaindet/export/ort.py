@@ -13,14 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from plaindet.detections import (
-    Detections,
-    as_image_list,
-    detections_for_image,
-    pad_batch,
-    resize_long_side,
-    to_rgb_array,
-)
+from plaindet.detections import pad_batch, predict_in_batches
 from plaindet.export.deps import require
 
 __all__ = ["OnnxDetector", "onnx_coco_results"]
@@ -115,29 +108,16 @@ class OnnxDetector:
                 f"image_size {image_size} does not fit the model's fixed input {self.input_size[0]}x{self.input_size[1]}; "
                 "export again with a larger --image-size"
             )
-        items, is_list = as_image_list(images)
-        step = self.batch_size or batch_size
-        results: list[Detections] = []
-        for start in range(0, len(items), step):
-            arrays = [to_rgb_array(im) for im in items[start : start + step]]
-            resized = [resize_long_side(a, image_size) for a in arrays]
+
+        def run(resized: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             batch = pad_batch(resized, *self.input_size)
             if self.batch_size and len(batch) < self.batch_size:  # a fixed batch: fill it with blank images
                 batch = np.concatenate([batch, np.zeros((self.batch_size - len(batch),) + batch.shape[1:], np.uint8)])
-            boxes, scores, labels = self(batch)
-            for i, (a, r) in enumerate(zip(arrays, resized)):
-                results.append(
-                    detections_for_image(
-                        boxes[i],
-                        scores[i],
-                        labels[i],
-                        threshold=threshold,
-                        resized_hw=r.shape[:2],
-                        orig_hw=a.shape[:2],
-                        class_names=self.class_names,
-                    )
-                )
-        return results if is_list else results[0]
+            return self(batch)
+
+        return predict_in_batches(
+            images, run, image_size=image_size, batch_size=self.batch_size or batch_size, threshold=threshold, class_names=self.class_names
+        )
 
 
 def onnx_coco_results(detector: OnnxDetector, dataset, *, image_size: int | None = None, batch_size: int = 8) -> list[dict]:
