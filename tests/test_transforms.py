@@ -268,6 +268,15 @@ def test_collate_pads_bottom_right_and_masks_the_padding():
     assert t0["image_id"].item() == 5 and t0["orig_size"].tolist() == [500, 700] and t1["size"].tolist() == [65, 40]
 
 
+def test_collate_takes_read_only_images_without_a_warning(recwarn):
+    image = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+    image.flags.writeable = False  # as decoders and untouched transform outputs may return them
+    item = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "image_id": 1, "orig_size": (20, 30), "size": (20, 30)}
+    batch = collate([item], size_divisor=32)
+    np.testing.assert_array_equal(batch["images"][0, :, :20, :30].permute(1, 2, 0).numpy(), image)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
 def loader_batches(dataset, epoch, num_workers):
     loader = make_loader(dataset, 3, shuffle=True, seed=7, num_workers=num_workers)
     loader.set_epoch(epoch)

@@ -48,11 +48,14 @@ def collate(batch: Sequence[dict[str, Any]], *, size_divisor: int = 32) -> dict[
     pad_w = -(-max(widths) // size_divisor) * size_divisor
 
     images = torch.zeros((len(batch), 3, pad_h, pad_w), dtype=torch.uint8)
+    # Copied through numpy: the transforms may return read-only arrays (e.g. an untouched decoded
+    # image), which numpy reads fine but torch.from_numpy warns about.
+    images_np = images.numpy()
     mask = torch.ones((len(batch), pad_h, pad_w), dtype=torch.bool)
     targets = []
     for i, item in enumerate(batch):
         h, w = heights[i], widths[i]
-        images[i, :, :h, :w] = torch.from_numpy(np.ascontiguousarray(item["image"])).permute(2, 0, 1)
+        images_np[i, :, :h, :w] = np.asarray(item["image"]).transpose(2, 0, 1)
         mask[i, :h, :w] = False
         n = len(item["boxes"])
         iscrowd = item.get("iscrowd")
