@@ -24,6 +24,7 @@ def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
     # The trained model is a standalone checkpoint with the dataset's classes.
     model = plaindet.load(tmp_path / "run" / "best.safetensors")
     assert model.config.class_names == ["circle", "square", "triangle"]
+    assert model.config.image_size == settings.eval_size  # predicts at the size the demo evaluated
 
 
 def test_demo_can_be_run_twice_into_the_same_folder(tmp_path):

@@ -32,9 +32,9 @@ class DemoSettings:
     0.399 (0.407), so they stay off. Also measured: lr 2e-3 gave AP 0.406 (within run-to-run noise
     of 1e-3's 0.399); 224 px inputs (windows of 7) gave 0.278 in 6.9 min, small shapes got too small.
 
-    Evaluation and the drawn predictions use ``eval_size`` 320, the images' own size, not the 256 of
-    training: small shapes gain more from the extra pixels than large ones lose to the change of scale
-    (the same trained model: held-out AP 0.399 at 256, 0.423 at 288, 0.441 at 320; APs 0.276 -> 0.424,
+    The trained model predicts at ``eval_size`` 320, the images' own size, not the 256 of training
+    (it is the saved model's ``image_size``, so ``plaindet.load`` then ``predict`` uses it too):
+    small shapes gain more from the extra pixels than large ones lose to the change of scale (the same trained model: held-out AP 0.399 at 256, 0.423 at 288, 0.441 at 320; APs 0.276 -> 0.424,
     APl 0.505 -> 0.255). Measured and not adopted (7-minute training runs, held-out AP): training at
     320 (windows of 10; 403 steps) 0.207; 256 px crops of the 320 px images at their own scale (649
     steps) 0.275 at 320; a backbone learning-rate multiplier of 0.3 or 1.0 instead of 0.1, and
@@ -132,7 +132,8 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
         min_lr_ratio=s.min_lr_ratio,
         seed=seed,
         eval_every=0,  # the demo evaluates once, below: evaluation time is training time lost
-        model_overrides={"backbone": {"window_size": s.window_size}, "quality_targets": s.quality_targets},
+        # image_size: the size the saved model predicts at by default (training runs at cfg.image_size).
+        model_overrides={"backbone": {"window_size": s.window_size}, "quality_targets": s.quality_targets, "image_size": s.eval_size},
         augment={"crop": 0.0, "zoom_out": 0.0},
     )
     train(cfg)
@@ -141,7 +142,7 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
     import plaindet
 
     model = plaindet.load(out / "run" / "best.safetensors")
-    predictions = predict_dataset(model, val, image_size=s.eval_size)
+    predictions = predict_dataset(model, val)
     metrics = evaluate_coco(val, predictions)
     for table in metrics.rich_tables():
         console.print(table)
@@ -152,7 +153,7 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
     pred_dir = out / "predictions"
     pred_dir.mkdir(exist_ok=True)
     paths = [x.image_path for x in val.samples[: s.samples_to_draw]]
-    for path, det in zip(paths, model.predict(paths, threshold=0.4, image_size=s.eval_size)):
+    for path, det in zip(paths, model.predict(paths, threshold=0.4)):
         draw(path, det.boxes, det.labels, det.scores, class_names=model.config.class_names).save(pred_dir / f"{path.stem}.png")
 
     elapsed = time.time() - start
