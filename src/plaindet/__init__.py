@@ -1,28 +1,49 @@
 """plaindet: object detection with transformers that is easy to use, finetune and deploy.
 
-The public surface: :func:`create_model`, :func:`list_models`, :func:`load`, :class:`Detector`,
-:func:`merge_lora`, :class:`OnnxDetector`. Heavy modules are imported on first use, so
-``import plaindet`` stays fast (and ``plaindet.OnnxDetector`` never imports torch).
+The public surface: :func:`create_model`, :func:`list_models`, :func:`load`, :class:`Detector` (the
+flagship, :class:`plaindet.models.plaindet.PlainDet`), :func:`merge_lora`, :class:`OnnxDetector`.
+Heavy modules are imported on first use, so ``import plaindet`` stays fast (and
+``plaindet.OnnxDetector`` never imports torch). No module of the package imports this one.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from plaindet.version import __version__
 
 __all__ = ["Detector", "OnnxDetector", "__version__", "create_model", "list_models", "load", "merge_lora"]
 
 
+def load(path: str | os.PathLike, device: str = "cpu"):
+    """Load any model file plaindet writes, ready to ``predict``.
+
+    - ``.onnx`` (from ``plaindet export``): an :class:`OnnxDetector` (ONNX Runtime; torch is not
+      imported). ``device="cuda"`` asks for ONNX Runtime's CUDA provider first.
+    - ``.safetensors`` (``model.save``, a training run's ``best``/``last``), or a folder holding
+      ``model.safetensors``: the PyTorch model on ``device``
+      (:func:`plaindet.models.factory.load_model`; no code is unpickled).
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        from plaindet.export.ort import OnnxDetector
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") else None
+        return OnnxDetector(path, providers=providers)
+    from plaindet.models.factory import load_model
+
+    return load_model(path, device=device)
+
+
 def __getattr__(name: str):
     if name in ("create_model", "list_models"):
-        from plaindet.models import registry
+        from plaindet.models import factory
 
-        return getattr(registry, name)
-    if name == "load":
-        from plaindet.api import load
-
-        return load
+        return getattr(factory, name)
     if name == "Detector":
-        from plaindet.models.detector import Detector
+        from plaindet.models.plaindet import PlainDet
 
-        return Detector
+        return PlainDet
     if name == "merge_lora":
         from plaindet.models.lora import merge_lora
 

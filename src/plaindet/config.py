@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """An override names an unknown field or has the wrong type."""
+from plaindet.errors import ConfigError
 
 
 def _unknown(key: str, known: list[str], where: str) -> ConfigError:
@@ -95,3 +94,61 @@ def to_dict(config: Any) -> dict[str, Any]:
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a dataclass config from :func:`to_dict`'s output, strictly."""
     return apply_overrides(cls(), data, where=cls.__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fields with help text, and command-line options derived from them
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str, factory: Any = dataclasses.MISSING, cli: bool = True) -> Any:
+    """A dataclass field with its ``help`` text; ``cli=False`` keeps it out of the derived command-line
+    options (lists and mappings: set them with ``--set key=value`` or a YAML config)."""
+    metadata = {"help": help, "cli": cli}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def option_name(field_name: str) -> str:
+    """``batch_size`` -> ``--batch-size``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def cli_parameters(cls: type, *, exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> list:
+    """``inspect.Parameter`` objects for a typer command: one ``--option`` per field of dataclass ``cls``
+    marked for the command line, typed from its annotation, with its help text and its default shown.
+
+    Every option's value is ``None`` unless given, so a command can tell what the user set (and
+    layer it over a YAML config or a resumed run's settings); :func:`given_options` collects them.
+    ``defaults`` replaces the default shown for some fields (a command whose own default differs).
+    """
+    import inspect
+
+    import typer
+
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        if f.name in exclude or not f.metadata.get("cli", False):
+            continue
+        kind = _scalar_type(hints[f.name])
+        default = (defaults or {}).get(f.name, f.default)
+        shown = "none" if default in (None, "") else str(default).lower() if isinstance(default, bool) else str(default)
+        names = [f"{option_name(f.name)}/--no-{f.name.replace('_', '-')}"] if kind is bool else [option_name(f.name)]
+        option = typer.Option(None, *names, help=f.metadata["help"], show_default=shown)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typing.Optional[kind]))
+    return params
+
+
+def _scalar_type(annotation: Any) -> type:
+    """``int``, ``float``, ``str`` or ``bool`` from a field annotation (``X | None`` is ``X``)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    kind = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 else annotation
+    if kind not in (int, float, str, bool):
+        raise TypeError(f"a command-line option needs an int, float, str or bool field, not {annotation!r}")
+    return kind
+
+
+def given_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The options of :func:`cli_parameters` that were given (not ``None``), paths as strings."""
+    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items() if v is not None}

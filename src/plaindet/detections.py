@@ -9,9 +9,9 @@ are done here, with numpy, Pillow and OpenCV only: :class:`plaindet.Detector` (P
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,16 @@ import numpy as np
 from plaindet.data.images import read_image
 from plaindet.data.resize import resize_image, resized_size, scale_boxes_to_original
 
-__all__ = ["Detections", "as_image_list", "detections_for_image", "pad_batch", "predict_in_batches", "resize_long_side", "to_rgb_array"]
+__all__ = [
+    "Detections",
+    "as_image_list",
+    "detections_for_image",
+    "pad_batch",
+    "predict_dataset",
+    "predict_in_batches",
+    "resize_long_side",
+    "to_rgb_array",
+]
 
 
 @dataclass
@@ -38,6 +47,19 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def to_coco(self, image_id: int, category_ids: list[int]) -> list[dict]:
+        """COCO results of these detections: ``{image_id, category_id, bbox, score}`` per box, with
+        ``category_id = category_ids[label]`` (the dataset's own ids, e.g. ``model.config.category_ids``)
+        and ``bbox`` ``[x, y, w, h]`` in original-image pixels: what ``plaindet eval --predictions``
+        and :func:`plaindet.engine.evaluate.evaluate_coco` read. The one place detections become COCO."""
+        x1, y1, x2, y2 = self.boxes.astype(np.float64).T
+        ids = np.asarray(category_ids, dtype=np.int64)[self.labels].tolist()
+        xywh = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1).tolist()
+        return [
+            {"image_id": int(image_id), "category_id": c, "bbox": b, "score": s}
+            for c, b, s in zip(ids, xywh, self.scores.astype(np.float64).tolist())
+        ]
 
 
 def _torch_tensor_type():
@@ -150,3 +172,87 @@ def predict_in_batches(
                 )
             )
     return results if is_list else results[0]
+
+
+def predict_dataset(predictor: Any, dataset: Any, *, image_size: int | None = None, batch_size: int = 8) -> list[dict]:
+    """COCO results of ``predictor`` on every image of ``dataset``, in the dataset's own ids.
+
+    ``predictor``: anything with ``predict(images, threshold, image_size, batch_size)`` returning
+    :class:`Detections` and a ``class_names`` list: a :class:`plaindet.Detector` (any registered
+    model) or a :class:`plaindet.OnnxDetector`, so every backend is evaluated through the same steps.
+    ``dataset``: a :class:`~plaindet.data.DetectionDataset`; classes are matched by index, so the
+    predictor must have as many classes. No score threshold (COCO's AP needs the low-scored tail);
+    at most the model's ``max_detections`` per image.
+    """
+    if len(predictor.class_names) != dataset.num_classes:
+        raise ValueError(f"the model has {len(predictor.class_names)} classes but the dataset has {dataset.num_classes}")
+    results: list[dict] = []
+    samples = dataset.samples
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        detections = predictor.predict([s.image_path for s in chunk], threshold=0.0, image_size=image_size, batch_size=batch_size)
+        for sample, det in zip(chunk, detections):
+            results += det.to_coco(sample.image_id, dataset.category_ids)
+    return results
+
+
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """Files as given; folders replaced by their image files (by suffix, sorted, not recursive).
+
+    Raises :class:`~plaindet.errors.NotFound` for a path that does not exist and
+    :class:`~plaindet.errors.DatasetError` for a folder without images.
+    """
+    from plaindet.data.images import IMAGE_SUFFIXES
+    from plaindet.errors import DatasetError, NotFound
+
+    images: list[Path] = []
+    for path in map(Path, inputs):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DatasetError(f"{path}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
+            images.extend(found)
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise NotFound(f"{path}: no such file or folder")
+    return images
+
+
+def predict_to_folder(
+    predictor: Any, inputs: list[str | Path], out: str | Path, *, threshold: float, image_size: int | None = None, batch_size: int = 8
+) -> tuple[int, int]:
+    """``plaindet predict``: detect objects in image files and folders (:func:`image_files`), draw them
+    and write COCO results. Returns ``(detections, images)``.
+
+    Writes ``OUT/<image name>.png`` with the boxes drawn, ``OUT/predictions.json`` (COCO results
+    through :meth:`Detections.to_coco`, ``category_id`` from the model's category ids, ``bbox``
+    ``[x, y, w, h]`` in original pixels) and ``OUT/images.json``, a COCO-style ``images`` list giving
+    each ``image_id`` its file, size and drawn PNG (``{id, file_name, width, height, drawn}``). Ids
+    are 0, 1, 2, ... in the order the images were given, folders expanded in sorted order; a
+    repeated file stem gets its id appended to the PNG name. ``predictor``: a
+    :class:`plaindet.Detector` or :class:`plaindet.OnnxDetector`.
+    """
+    import json
+
+    from plaindet.viz import draw
+
+    paths = image_files(inputs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    category_ids = predictor.category_ids
+    results: list[dict] = []
+    entries: list[dict] = []
+    used_names: set[str] = set()
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        for image_id, (path, det) in enumerate(zip(chunk, predictor.predict(chunk, threshold=threshold, image_size=image_size)), start=start):
+            drawn = draw(path, det.boxes, det.labels, det.scores, class_names=predictor.class_names)
+            name = f"{path.stem}.png" if f"{path.stem}.png" not in used_names else f"{path.stem}_{image_id}.png"
+            used_names.add(name)
+            drawn.save(out / name)
+            entries.append({"id": image_id, "file_name": str(path), "width": drawn.width, "height": drawn.height, "drawn": name})
+            results += det.to_coco(image_id, category_ids)
+    (out / "predictions.json").write_text(json.dumps(results))
+    (out / "images.json").write_text(json.dumps(entries, indent=1))
+    return len(results), len(paths)

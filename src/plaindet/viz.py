@@ -12,11 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from plaindet.data.images import read_image
+from plaindet.errors import DatasetError
 
 __all__ = ["PALETTE", "class_color", "draw", "run_show"]
 
@@ -44,12 +46,20 @@ def _text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
 
 
-def _to_pil(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
+def _numpy(values: Any) -> np.ndarray:
+    # A torch tensor (only possible once torch is imported) becomes numpy without importing torch here.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _to_pil(image: Any) -> Image.Image:
     if isinstance(image, (str, Path)):
         return Image.fromarray(read_image(image))  # EXIF orientation applied, like the labels
     if isinstance(image, Image.Image):
         return image.convert("RGB")  # always a copy: we never draw on the caller's image
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    array = _numpy(image)
     if array.dtype != np.uint8:
         raise TypeError(f"draw: image array must be uint8 (H, W, 3) or (H, W), got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
@@ -61,12 +71,8 @@ def _to_pil(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> Imag
     raise TypeError(f"draw: image array must be (H, W, 3), (H, W, 4), (H, W, 1) or (H, W), got shape {array.shape}")
 
 
-def _as_numpy(values: np.ndarray | torch.Tensor | Sequence | None) -> np.ndarray | None:
-    if values is None:
-        return None
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
+def _as_numpy(values: Any) -> np.ndarray | None:
+    return None if values is None else _numpy(values)
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -90,13 +96,13 @@ def _dashed_rectangle(canvas: ImageDraw.ImageDraw, xyxy: tuple[int, int, int, in
 
 
 def draw(
-    image: str | Path | Image.Image | np.ndarray | torch.Tensor,
-    boxes: np.ndarray | torch.Tensor | Sequence,
-    labels: np.ndarray | torch.Tensor | Sequence[int] | None = None,
-    scores: np.ndarray | torch.Tensor | Sequence[float] | None = None,
+    image: str | Path | Image.Image | np.ndarray,
+    boxes: np.ndarray | Sequence,
+    labels: np.ndarray | Sequence[int] | None = None,
+    scores: np.ndarray | Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
     *,
-    crowd: np.ndarray | torch.Tensor | Sequence[bool] | None = None,
+    crowd: np.ndarray | Sequence[bool] | None = None,
     thickness: int | None = None,
     font_size: int | None = None,
 ) -> Image.Image:
@@ -201,19 +207,15 @@ def run_show(path: str | Path, out: str | Path, n: int = 16, split: str = "train
     outline in their class color, labeled "<name> (crowd)". The choice of images is a pure function
     of ``seed``.
 
-    Returns the exit code: 0 on success, 1 when the dataset cannot be loaded or has no image.
+    Returns the exit code 0. Raises :class:`~plaindet.errors.DatasetError` when the dataset cannot be
+    loaded, has no image, or none of the chosen images can be read.
     """
-    from plaindet.data import DatasetError, load_dataset
+    from plaindet.data import load_dataset
 
     out = Path(out)
-    try:
-        dataset = load_dataset(path, split=split)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)  # the message names the file and the problem
-        return 1
+    dataset = load_dataset(path, split=split)
     if len(dataset) == 0:
-        print(f"error: the {split!r} split of {path} has no images", file=sys.stderr)
-        return 1
+        raise DatasetError(f"the {split!r} split of {path} has no images")
 
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(dataset), size=min(max(n, 0), len(dataset)), replace=False).tolist())
@@ -244,8 +246,7 @@ def run_show(path: str | Path, out: str | Path, n: int = 16, split: str = "train
             tiles.append((name, draw(thumb, sample.boxes * box_scale, sample.labels, class_names=names, crowd=crowd)))
 
     if not tiles:
-        print(f"error: none of the {len(chosen)} chosen images could be read", file=sys.stderr)
-        return 1
+        raise DatasetError(f"none of the {len(chosen)} chosen images of {path} could be read")
     _contact_sheet(tiles).save(out / "grid.png")
     skipped = f", {failed} unreadable skipped" if failed else ""
     crowd_note = f" {crowd_regions} crowd regions are drawn dashed." if crowd_regions else ""

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from plaindet.data.formats import detect_format, image_problem, list_splits, load_dataset
+from plaindet.data.formats import detect_format, list_splits, load_dataset
 from plaindet.data.images import ImageReadError, read_image
-from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport
+from plaindet.data.rules import image_problem
+from plaindet.data.sample import DetectionDataset, LoadReport
+from plaindet.errors import DatasetError
 
 # COCO's object size ranges, by area in pixels: small < 32^2 <= medium < 96^2 <= large.
 SMALL_AREA, LARGE_AREA = 32**2, 96**2
@@ -158,17 +160,16 @@ def check_dataset(path: str | Path, splits: list[str] | None = None, *, decode: 
 def run_check(
     path: str | Path, splits: list[str] | None = None, max_problems: int = 50, *, console=None
 ) -> int:
-    """Print the check report of the dataset at ``path``; return 1 when any error was found, else 0."""
+    """Print the check report of the dataset at ``path``; return 1 when any error was found in it, else 0.
+
+    Raises :class:`~plaindet.errors.DatasetError` when ``path`` is not a dataset at all.
+    """
     from rich.console import Console
     from rich.markup import escape
 
     console = console or Console()
-    try:
-        fmt = detect_format(path)
-        names = list(splits) if splits else list_splits(path)
-    except DatasetError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        return 1
+    fmt = detect_format(path)
+    names = list(splits) if splits else list_splits(path)
     checks = []
     for name in names:
         # Decoding every image of a large split takes a while: show what is going on.

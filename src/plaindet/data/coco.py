@@ -41,9 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from plaindet.data.formats import BoxBuilder, image_problem, is_number, match_split, split_order
 from plaindet.data.images import ImageReadError, image_size
-from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport
+from plaindet.data.rules import BoxBuilder, image_problem, is_number, match_split, split_order
+from plaindet.data.sample import DetectionDataset, LoadReport
+from plaindet.errors import DatasetError
 
 # Generous: COCO's own instances_train2017.json is 450 MB. Larger files are usually not annotations.
 MAX_JSON_BYTES = 2 << 30
@@ -302,39 +303,64 @@ def _read_annotations(
 # --- writing ---------------------------------------------------------------------------------------
 
 
-def short_float(value: float) -> float:
-    """``value`` rounded to the shortest decimal that reads back as the same ``float32``.
+def coco_dict(dataset: DetectionDataset, file_names: list[str] | None = None) -> dict:
+    """The COCO object of ``dataset``: the one place a dataset becomes COCO (written by ``data convert``,
+    read by the evaluator as ground truth).
 
-    Samples hold ``float32`` boxes; writing the shortest such decimal keeps files readable
-    (``12.3``, not ``12.300000190734863``) and loses nothing at ``float32`` precision.
+    - ``images``: every sample (with or without boxes) with its own ``image_id``, ``width``, ``height``
+      and ``file_names[i]`` (default: the image file's name).
+    - ``categories``: every class, ``{"id": dataset.category_ids[k], "name": dataset.class_names[k]}``,
+      including classes without a single box (COCO counts them: their AP is undefined, not 0).
+    - ``annotations``: ``bbox`` ``[x, y, w, h]`` from the ``xyxy`` boxes, each value the shortest
+      decimal that reads back as the sample's ``float32`` (a box read from a
+      COCO file with two decimals is written, and evaluated, with the same two decimals); ``area``
+      from ``Sample.areas`` when the dataset has them (COCO's segmentation areas, which decide
+      small/medium/large) else the box area; ``iscrowd`` 0/1; ids renumbered ``1..N``.
+
+    Raises:
+        DatasetError: duplicate image ids or category ids, or a label outside the class list.
     """
-    return float(str(np.float32(value)))
+    samples = dataset.samples
+    names = [s.image_path.name for s in samples] if file_names is None else list(file_names)
+    if len(names) != len(samples):
+        raise ValueError(f"{len(names)} file names for {len(samples)} images")
+    category_ids = [int(c) for c in dataset.category_ids]
+    if len(set(category_ids)) != len(category_ids):
+        raise DatasetError(f"dataset category_ids are not unique: {category_ids}")
+    lookup = np.asarray(category_ids, dtype=np.int64)
+    # Shortest float32 decimals for every box at once (numpy's float32 -> str is the shortest repr).
+    all_boxes = np.concatenate([s.boxes.reshape(-1, 4) for s in samples]) if samples else np.zeros((0, 4), np.float32)
+    xywh = np.concatenate([all_boxes[:, :2], all_boxes[:, 2:] - all_boxes[:, :2]], axis=1).astype(np.float32)
+    xywh = xywh.astype(str).astype(np.float64).tolist()
 
-
-def coco_dict(dataset: DetectionDataset, file_names: list[str]) -> dict:
-    """The COCO JSON object for ``dataset``; ``file_names[i]`` is written for ``dataset[i]``.
-
-    Keeps image ids, category ids and names, ``iscrowd`` and areas; annotations are numbered from 1.
-    """
     images, annotations = [], []
-    for sample, file_name in zip(dataset.samples, file_names, strict=True):
-        size = {"width": int(sample.width), "height": int(sample.height)}
-        images.append({"id": int(sample.image_id), "file_name": file_name, **size})
-        for j, (box, label) in enumerate(zip(sample.boxes, sample.labels)):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            area = float(sample.areas[j]) if sample.areas is not None else (x2 - x1) * (y2 - y1)
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": int(sample.image_id),
-                "category_id": int(dataset.category_ids[label]),
-                "bbox": [short_float(x1), short_float(y1), short_float(x2 - x1), short_float(y2 - y1)],
-                "area": short_float(area),
-                "iscrowd": int(sample.iscrowd[j]),
-            })
-    categories = [
-        {"id": int(cid), "name": name, "supercategory": ""}
-        for cid, name in zip(dataset.category_ids, dataset.class_names)
-    ]
+    seen: set[int] = set()
+    offset = 0
+    for sample, file_name in zip(samples, names):
+        image_id = int(sample.image_id)
+        if image_id in seen:
+            raise DatasetError(f"{sample.image_path}: image_id {image_id} is used by more than one image")
+        seen.add(image_id)
+        images.append({"id": image_id, "file_name": file_name, "width": int(sample.width), "height": int(sample.height)})
+        n = len(sample.labels)
+        if n == 0:
+            continue
+        bad = (sample.labels < 0) | (sample.labels >= len(category_ids))
+        if bad.any():
+            raise DatasetError(f"{sample.image_path}: label {int(sample.labels[bad][0])} outside the {len(category_ids)} classes")
+        boxes = xywh[offset : offset + n]
+        offset += n
+        areas = sample.areas.tolist() if sample.areas is not None else [w * h for _, _, w, h in boxes]
+        for bbox, area, cat, crowd in zip(boxes, areas, lookup[sample.labels].tolist(), sample.iscrowd.tolist()):
+            # Ids are renumbered 1..N whatever the dataset used. pycocotools (and the C++ port in
+            # faster-coco-eval) records a match by storing the matched ground-truth id in `dtm`, and
+            # counts true positives as `dtm & ~dtIg`: an id of 0 reads as "unmatched". Datasets whose
+            # annotation ids start at 0 (Roboflow exports do) would silently turn that true positive
+            # into a false positive and lower AP.
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": cat, "bbox": bbox, "area": area, "iscrowd": int(crowd)}
+            )
+    categories = [{"id": cid, "name": name, "supercategory": ""} for cid, name in zip(category_ids, dataset.class_names)]
     info = {"description": f"{dataset.split} split, written by plaindet"}
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 

@@ -31,8 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from plaindet.data.formats import canonical_split, list_splits, load_dataset
-from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport, Sample
+from plaindet.data.coco import coco_dict, write_coco_json
+from plaindet.data.formats import list_splits, load_dataset
+from plaindet.data.rules import canonical_split
+from plaindet.data.sample import DetectionDataset, LoadReport, Sample
+from plaindet.data.yolo import label_text, yaml_text
+from plaindet.errors import DatasetError
 
 TARGETS = ("coco", "yolo")
 
@@ -152,8 +156,6 @@ def _place_images(dataset: DetectionDataset, file_names: list[str], folder: Path
 
 
 def _write_coco_split(dataset: DetectionDataset, file_names: list[str], root: Path, name: str) -> SplitResult:
-    from plaindet.data.coco import coco_dict, write_coco_json
-
     data = coco_dict(dataset, file_names)
     (root / "annotations").mkdir(exist_ok=True)
     write_coco_json(data, root / "annotations" / f"{name}.json")
@@ -161,8 +163,6 @@ def _write_coco_split(dataset: DetectionDataset, file_names: list[str], root: Pa
 
 
 def _write_yolo_split(dataset: DetectionDataset, file_names: list[str], root: Path, name: str) -> SplitResult:
-    from plaindet.data.yolo import label_text
-
     folder = root / "labels" / name
     folder.mkdir(parents=True, exist_ok=True)
     boxes = crowd = 0
@@ -175,8 +175,6 @@ def _write_yolo_split(dataset: DetectionDataset, file_names: list[str], root: Pa
 
 
 def _write_yolo_yaml(datasets: list[DetectionDataset], names: list[str], root: Path) -> None:
-    from plaindet.data.yolo import yaml_text
-
     first = datasets[0]
     for d in datasets[1:]:
         if d.class_names != first.class_names or d.category_ids != first.category_ids:
@@ -212,16 +210,12 @@ def _has_own_areas(sample: Sample) -> bool:
 
 
 def run_convert(src: str | Path, to: str, out: str | Path, *, console=None) -> int:
-    """Convert and print a summary; return 0, or 1 when nothing was written or the source had errors."""
+    """Convert and print a summary; return 0, or 1 when the source had errors (what could be read is
+    written). Raises :class:`~plaindet.errors.DatasetError` when nothing could be written."""
     from rich.console import Console
-    from rich.markup import escape
 
     console = console or Console()
-    try:
-        result = convert_dataset(src, to, out)
-    except DatasetError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        return 1
+    result = convert_dataset(src, to, out)
     for s in result.splits:
         renamed = f" (from {s.source_name})" if s.source_name != s.name else ""
         problems = f"; source problems: {s.report.summary()}" if s.report.problems else ""

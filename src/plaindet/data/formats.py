@@ -1,12 +1,14 @@
-"""Reading any supported dataset: format detection, split names, and the box rules every reader shares.
+"""Reading any supported dataset: :func:`load_dataset` recognizes the format and picks the reader from one table.
 
-:func:`load_dataset` is the one entry point: it recognizes the format of ``path`` and hands it to the
-reader (:mod:`plaindet.data.coco`, :mod:`plaindet.data.yolo`, :mod:`plaindet.data.voc`), which returns a
-:class:`~plaindet.data.sample.DetectionDataset` whose ``report`` lists everything that was repaired or
-skipped.
+The readers (:mod:`~plaindet.data.coco`, :mod:`~plaindet.data.yolo`, :mod:`~plaindet.data.voc`) share
+their rules through :mod:`~plaindet.data.rules` and never import this module. Each returns a
+:class:`~plaindet.data.sample.DetectionDataset` whose ``report`` lists everything that was repaired
+or skipped.
 
 Format detection (:func:`detect_format`)
 ----------------------------------------
+- ``"shapes"`` (when no file or folder of that name exists): the built-in synthetic set
+  (:func:`plaindet.data.shapes.builtin_shapes`), written on first use;
 - a ``.json`` file: COCO; a ``.yaml``/``.yml`` file: an Ultralytics YOLO dataset yaml;
 - a folder holding ``Annotations/`` (XML files): Pascal VOC;
 - a folder holding ``data.yaml`` (or ``dataset.yaml``): YOLO;
@@ -14,40 +16,46 @@ Format detection (:func:`detect_format`)
   one (a Roboflow COCO export), or ``.json`` files directly or in ``annotations/``: COCO;
 - a folder holding exactly one ``.yaml`` file: YOLO.
 
-Split names
------------
-:func:`list_splits` returns the names the dataset itself uses (``"valid"`` for a Roboflow export,
-``"val2017"`` for ``instances_val2017.json``). :func:`load_dataset` accepts those names and also
-their common aliases: ``"val"``, ``"valid"`` and ``"validation"`` mean the same split, and a name may
-leave out a trailing year (``"val"`` finds ``"val2017"``) when that is unambiguous.
-
-Box rules (:class:`BoxBuilder`, used by every reader)
------------------------------------------------------
-- A box reaching outside the image is clipped to it, with a ``box_clipped`` warning. Overhangs up to
-  :data:`CLIP_TOLERANCE` px are rounding noise (normalized YOLO coordinates written with 6 digits, COCO
-  boxes with 2 decimals) and are clipped without a warning.
-- A box with zero or negative width or height after clipping (in ``float32``, the precision samples
-  keep) is dropped with a ``degenerate_box`` error.
+Split names are the dataset's own (:func:`list_splits`); :func:`load_dataset` also accepts their
+aliases (``val``/``valid``/``validation``, a missing year: see :mod:`~plaindet.data.rules`).
 """
 
 from __future__ import annotations
 
-import math
-import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from plaindet.data.coco import find_coco_files, list_coco_splits, load_coco
+from plaindet.data.sample import DetectionDataset
+from plaindet.data.shapes import BUILTIN_NAME, builtin_shapes
+from plaindet.data.voc import list_voc_splits, load_voc
+from plaindet.data.yolo import YAML_NAMES, find_yaml, list_yolo_splits, load_yolo
+from plaindet.errors import DatasetError
 
-from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport, Sample
 
-FORMATS = ("coco", "yolo", "voc")
+@dataclass(frozen=True)
+class Reader:
+    """A dataset format: ``load(path, split, check_images=...)`` and ``splits(path)``."""
 
-# Box overhangs up to this many pixels are rounding, not labeling mistakes: clipped silently.
-CLIP_TOLERANCE = 0.5
+    load: Callable[..., DetectionDataset]
+    splits: Callable[[str | Path], list[str]]
 
-_VAL_ALIASES = {"val", "valid", "validation"}
-_YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
-_YEAR = re.compile(r"[-_]?\d{4}$")
+
+READERS: dict[str, Reader] = {
+    "coco": Reader(load_coco, list_coco_splits),
+    "yolo": Reader(load_yolo, list_yolo_splits),
+    "voc": Reader(load_voc, list_voc_splits),
+}
+FORMATS = tuple(READERS)
+
+
+def resolve(path: str | Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, with ``"shapes"`` (when nothing of that name exists here)
+    replaced by the built-in dataset's folder, written on first use."""
+    if str(path) == BUILTIN_NAME and not Path(path).exists():
+        return builtin_shapes()
+    return Path(path)
 
 
 def detect_format(path: str | Path) -> str:
@@ -56,9 +64,9 @@ def detect_format(path: str | Path) -> str:
     Raises :class:`DatasetError` when ``path`` does not exist or holds nothing recognizable; the
     message says what was looked for.
     """
-    path = Path(path)
+    path = resolve(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such file or folder")
+        raise DatasetError(f"{path}: no such file or folder (or 'shapes' for the built-in dataset)")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".json":
@@ -72,13 +80,11 @@ def detect_format(path: str | Path) -> str:
     if (path / "Annotations").is_dir():
         return "voc"
     # A data.yaml is explicit; loose .json files next to it may be anything (class maps, metadata).
-    if any((path / name).is_file() for name in _YAML_NAMES):
+    if any((path / name).is_file() for name in YAML_NAMES):
         return "yolo"
-    from plaindet.data import coco
-
-    if coco.find_coco_files(path):
+    if find_coco_files(path):
         return "coco"
-    if _find_yaml(path) is not None:
+    if find_yaml(path) is not None:
         return "yolo"
     raise DatasetError(
         f"{path}: no dataset found in this folder; looked for a COCO .json file (here, in "
@@ -87,51 +93,22 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def _find_yaml(folder: Path) -> Path | None:
-    """The YOLO dataset yaml of a folder: ``data.yaml``/``dataset.yaml``, or its only ``.yaml`` file."""
-    for name in _YAML_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    yamls = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".yaml", ".yml") and p.is_file())
-    return yamls[0] if len(yamls) == 1 else None
-
-
-def yaml_file(path: str | Path) -> Path:
-    """The dataset yaml that ``path`` (a yaml file, or a folder holding one) points at."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    found = _find_yaml(path)
-    if found is None:
-        raise DatasetError(f"{path}: no data.yaml in this folder (or more than one .yaml file)")
-    return found
-
-
 def list_splits(path: str | Path) -> list[str]:
     """The split names present in the dataset at ``path``, as the dataset names them.
 
     Order: ``train``, then validation, then test, then any other split alphabetically.
     """
-    fmt = detect_format(path)
-    if fmt == "coco":
-        from plaindet.data.coco import list_coco_splits
-
-        return list_coco_splits(path)
-    if fmt == "yolo":
-        from plaindet.data.yolo import list_yolo_splits
-
-        return list_yolo_splits(path)
-    from plaindet.data.voc import list_voc_splits
-
-    return list_voc_splits(path)
+    path = resolve(path)
+    return READERS[detect_format(path)].splits(path)
 
 
 def load_dataset(path: str | Path, split: str = "train", *, check_images: bool = True) -> DetectionDataset:
     """Read one split of the dataset at ``path``, whatever its format.
 
     Args:
-        path: a COCO ``.json`` file or folder, a YOLO dataset ``.yaml`` (or its folder), or a Pascal
-            VOC folder. A single COCO ``.json`` file is one split, so ``split`` is not used for it.
+        path: a COCO ``.json`` file or folder, a YOLO dataset ``.yaml`` (or its folder), a Pascal
+            VOC folder, or ``"shapes"`` (the built-in set). A single COCO ``.json`` file is one
+            split, so ``split`` is not used for it.
         split: the split to read; aliases are accepted (see the module docstring).
         check_images: read each image's header to confirm that it opens and to take its size (a
             truncated file with an intact header still passes; ``plaindet data check`` decodes every
@@ -145,146 +122,5 @@ def load_dataset(path: str | Path, split: str = "train", *, check_images: bool =
         DatasetError: the dataset cannot be read at all (no such path, unknown split, malformed
             JSON or YAML, duplicate image or category ids); the message names the file.
     """
-    fmt = detect_format(path)
-    if fmt == "coco":
-        from plaindet.data.coco import load_coco
-
-        return load_coco(path, split, check_images=check_images)
-    if fmt == "yolo":
-        from plaindet.data.yolo import load_yolo
-
-        return load_yolo(path, split)
-    from plaindet.data.voc import load_voc
-
-    return load_voc(path, split, check_images=check_images)
-
-
-def canonical_split(name: str) -> str:
-    """A split name reduced for matching: lower case, ``valid``/``validation`` -> ``val``, no year."""
-    name = name.lower()
-    name = _YEAR.sub("", name) or name
-    return "val" if name in _VAL_ALIASES else name
-
-
-def split_order(name: str) -> tuple[int, str]:
-    """Sort key putting train first, then validation, then test, then the rest alphabetically."""
-    rank = {"train": 0, "val": 1, "test": 2}.get(canonical_split(name), 3)
-    return rank, name
-
-
-def match_split(requested: str, available: list[str], where: str | Path) -> str:
-    """The name in ``available`` that ``requested`` means (exactly, or by :func:`canonical_split`).
-
-    Raises :class:`DatasetError` naming ``where`` and the available splits when none or several match.
-    """
-    if requested in available:
-        return requested
-    matches = [name for name in available if canonical_split(name) == canonical_split(requested)]
-    if len(matches) == 1:
-        return matches[0]
-    listed = ", ".join(available) if available else "none"
-    if matches:
-        raise DatasetError(f"{where}: split {requested!r} is ambiguous: it could be {', '.join(matches)}")
-    raise DatasetError(f"{where}: no split {requested!r}; splits found: {listed}")
-
-
-class BoxBuilder:
-    """Collects one image's boxes while enforcing the :class:`Sample` contract.
-
-    Boxes are clipped to the image (warning ``box_clipped`` beyond :data:`CLIP_TOLERANCE`) and those
-    left with no area are dropped (error ``degenerate_box``); each problem is reported with ``file``
-    and the ``where`` given for the box (``"line 3"``, ``"annotation id 17"``).
-    """
-
-    def __init__(self, width: int, height: int, report: LoadReport, file: str | Path) -> None:
-        self.width, self.height = width, height
-        self.report, self.file = report, str(file)
-        self._boxes: list[tuple[float, float, float, float]] = []
-        self._labels: list[int] = []
-        self._crowd: list[bool] = []
-        self._areas: list[float] = []  # NaN where the dataset gave no area
-
-    def add(
-        self,
-        x1: float,
-        y1: float,
-        x2: float,
-        y2: float,
-        label: int,
-        *,
-        where: str,
-        crowd: bool = False,
-        area: float | None = None,
-    ) -> bool:
-        """Add the box ``x1, y1, x2, y2`` (absolute pixels); returns whether it was kept."""
-        if x2 <= x1 or y2 <= y1:
-            self.report.add(
-                "error", "degenerate_box", self.file, where,
-                f"box {_fmt_box(x1, y1, x2, y2)} has no area (width {x2 - x1:g}, height {y2 - y1:g}); dropped",
-            )
-            return False
-        cx1, cy1 = min(max(x1, 0.0), self.width), min(max(y1, 0.0), self.height)
-        cx2, cy2 = min(max(x2, 0.0), self.width), min(max(y2, 0.0), self.height)
-        box32 = np.array([cx1, cy1, cx2, cy2], dtype=np.float32)
-        # The contract is x1 < x2 in float32, which a sliver of a box can fail after rounding.
-        if not (box32[2] > box32[0] and box32[3] > box32[1]):
-            self.report.add(
-                "error", "degenerate_box", self.file, where,
-                f"box {_fmt_box(x1, y1, x2, y2)} lies outside the {self.width}x{self.height} image "
-                "(nothing left after clipping); dropped",
-            )
-            return False
-        overhang = max(-x1, -y1, x2 - self.width, y2 - self.height)
-        if overhang > CLIP_TOLERANCE:
-            self.report.add(
-                "warning", "box_clipped", self.file, where,
-                f"box {_fmt_box(x1, y1, x2, y2)} reaches outside the {self.width}x{self.height} image; "
-                f"clipped to {_fmt_box(*box32.tolist())}",
-            )
-        self._boxes.append(tuple(box32.tolist()))
-        self._labels.append(int(label))
-        self._crowd.append(bool(crowd))
-        self._areas.append(math.nan if area is None else float(area))
-        return True
-
-    def __len__(self) -> int:
-        return len(self._boxes)
-
-    def sample(self, image_path: str | Path, image_id: int) -> Sample:
-        """The :class:`Sample` holding the boxes kept so far.
-
-        ``areas`` is ``None`` when no box came with a dataset area; boxes without one get their box area.
-        """
-        boxes = np.array(self._boxes, dtype=np.float32).reshape(-1, 4)
-        areas = None
-        given = np.array(self._areas, dtype=np.float64)
-        if len(given) and not np.isnan(given).all():
-            box_area = (boxes[:, 2] - boxes[:, 0]).astype(np.float64) * (boxes[:, 3] - boxes[:, 1])
-            areas = np.where(np.isnan(given), box_area, given)
-        return Sample(
-            image_path=Path(image_path),
-            width=self.width,
-            height=self.height,
-            boxes=boxes,
-            labels=np.array(self._labels, dtype=np.int64),
-            image_id=image_id,
-            iscrowd=np.array(self._crowd, dtype=bool),
-            areas=areas,
-        )
-
-
-def _fmt_box(x1: float, y1: float, x2: float, y2: float) -> str:
-    return "[" + ", ".join(f"{v:.6g}" for v in (x1, y1, x2, y2)) + "]"
-
-
-def image_problem(error: Exception, path: str | Path) -> str:
-    """The reason in an :class:`ImageReadError` message, without the path it starts with.
-
-    Problems already name the file in their ``file`` field; this keeps it from appearing twice.
-    """
-    return str(error).removeprefix(f"{path}: ")
-
-
-def is_number(value: object) -> bool:
-    """A finite int or float from parsed JSON/YAML (``bool`` is not a number here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    path = resolve(path)
+    return READERS[detect_format(path)].load(path, split, check_images=check_images)

@@ -35,10 +35,6 @@ from pathlib import Path
 import numpy as np
 
 
-class DatasetError(ValueError):
-    """A dataset cannot be read. The message names the file and the problem."""
-
-
 @dataclass
 class Sample:
     """One image and its labeled boxes (see the module docstring for the contract)."""

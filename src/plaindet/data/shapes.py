@@ -9,7 +9,7 @@ shape's exact extent. Objects may overlap; a new object is never placed where it
 half of an earlier one, so every label stays visible.
 
 The dataset is written to disk in the Roboflow COCO layout (``ROOT/train/_annotations.coco.json``
-next to its JPEG images, likewise ``valid``) and read back with :func:`plaindet.data.load_dataset`
+next to its JPEG images, likewise ``valid`` and ``test``) and read back with :func:`plaindet.data.load_dataset`
 like any user dataset, so the demo exercises the same code paths as real data.
 """
 
@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 CLASS_NAMES = ("circle", "square", "triangle")
+BUILTIN_NAME = "shapes"  # what users pass as the dataset path to get this set
 MIN_SIZE, MAX_SIZE = 16, 120
 _SPLIT_SALT = {"train": 0, "valid": 1, "val": 1, "test": 2}
 
@@ -155,22 +156,37 @@ def write_shapes(root: str | Path, num_images: int, *, split: str = "train", see
     return ann_file
 
 
-def ensure_shapes(root: str | Path, *, train: int = 1000, val: int = 200, seed: int = 0, size: int = 320) -> Path:
+def ensure_shapes(root: str | Path, *, train: int = 1000, val: int = 200, test: int = 0, seed: int = 0, size: int = 320) -> Path:
     """Make sure ``ROOT`` holds the shapes dataset with these settings, writing it if needed.
 
+    Splits ``train``, ``valid`` (for choosing settings and checkpoints) and, when ``test > 0``,
+    ``test`` (for reporting: a figure is never measured on the images its settings were chosen on).
     A small stamp file records the settings, so a folder made with other settings is rewritten
     rather than silently reused. Returns ``ROOT``, readable by :func:`plaindet.data.load_dataset`.
     """
     root = Path(root)
     stamp = root / "shapes.json"
-    settings = {"train": train, "valid": val, "seed": seed, "size": size, "version": 1}
+    counts = {"train": train, "valid": val, "test": test}
+    settings = {**counts, "seed": seed, "size": size, "version": 2}
     if stamp.is_file():
         try:
             if json.loads(stamp.read_text()) == settings:
                 return root
         except json.JSONDecodeError:
             pass
-    for split, n in (("train", train), ("valid", val)):
-        write_shapes(root, n, split=split, seed=seed, size=size)
+    for split, n in counts.items():
+        if n > 0:
+            write_shapes(root, n, split=split, seed=seed, size=size)
     stamp.write_text(json.dumps(settings))
     return root
+
+
+def builtin_shapes(*, train: int = 2000, val: int = 200, test: int = 200, seed: int = 0, folder: str | Path | None = None) -> Path:
+    """The folder of the built-in dataset (``--data shapes``), written on first use.
+
+    By default it lives in ``~/.cache/plaindet/shapes-s{seed}-{train}-{val}-{test}``, so every
+    command that names ``shapes`` with the same settings reads the same images.
+    """
+    if folder is None:
+        folder = Path.home() / ".cache" / "plaindet" / f"shapes-s{seed}-{train}-{val}-{test}"
+    return ensure_shapes(folder, train=train, val=val, test=test, seed=seed)

@@ -31,9 +31,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plaindet.data.formats import BoxBuilder, image_problem, match_split, split_order
 from plaindet.data.images import IMAGE_SUFFIXES, ImageReadError, image_size
-from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport
+from plaindet.data.rules import BoxBuilder, image_problem, match_split, split_order
+from plaindet.data.sample import DetectionDataset, LoadReport
+from plaindet.errors import DatasetError
 
 
 @dataclass

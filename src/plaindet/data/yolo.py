@@ -42,11 +42,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from plaindet.data.formats import BoxBuilder, image_problem, match_split, split_order, yaml_file
 from plaindet.data.images import IMAGE_SUFFIXES, ImageReadError, image_size
-from plaindet.data.sample import DatasetError, DetectionDataset, LoadReport, Sample
+from plaindet.data.rules import BoxBuilder, image_problem, match_split, split_order
+from plaindet.data.sample import DetectionDataset, LoadReport, Sample
+from plaindet.errors import DatasetError
 
 SPLIT_KEYS = ("train", "val", "test")
+YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
 
 # Image formats other tools accept that we do not read: reported instead of silently ignored.
 _OTHER_IMAGE_SUFFIXES = {".tif", ".tiff", ".gif", ".heic", ".heif", ".avif", ".jpe", ".jp2", ".dng", ".mpo", ".pfm"}
@@ -72,6 +74,26 @@ class YoloConfig:
     class_ids: list[int]
     category_ids: list[int]
     splits: dict[str, list[str]]
+
+
+def find_yaml(folder: Path) -> Path | None:
+    """The YOLO dataset yaml of a folder: ``data.yaml``/``dataset.yaml``, or its only ``.yaml`` file."""
+    for name in YAML_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    yamls = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".yaml", ".yml") and p.is_file())
+    return yamls[0] if len(yamls) == 1 else None
+
+
+def yaml_file(path: str | Path) -> Path:
+    """The dataset yaml that ``path`` (a yaml file, or a folder holding one) points at."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = find_yaml(path)
+    if found is None:
+        raise DatasetError(f"{path}: no data.yaml in this folder (or more than one .yaml file)")
+    return found
 
 
 def read_yolo_yaml(path: str | Path) -> YoloConfig:
@@ -255,12 +277,14 @@ def _read_list(list_file: Path, report: LoadReport, resolve: _Resolver) -> list[
     return entries
 
 
-def load_yolo(path: str | Path, split: str = "train") -> DetectionDataset:
+def load_yolo(path: str | Path, split: str = "train", *, check_images: bool = True) -> DetectionDataset:
     """Read one split of a YOLO dataset (see the module docstring for the rules).
 
     Args:
         path: the dataset yaml, or a folder holding ``data.yaml``.
         split: ``"train"``, ``"val"`` (or ``"valid"``) or ``"test"``.
+        check_images: taken for the same signature as the other readers; YOLO labels hold no image
+            sizes, so every image header is read either way.
     """
     cfg = read_yolo_yaml(path)
     key = match_split(split, list(cfg.splits), cfg.file)

@@ -20,24 +20,30 @@ from pathlib import Path
 
 import numpy as np
 
+from plaindet.config import setting
+from plaindet.errors import ConfigError
+
 log = logging.getLogger("plaindet")
 
 
 @dataclass
 class DistillConfig:
-    """``teacher``: a saved model (``.safetensors``). See the module docstring for the rest."""
+    """How the teacher labels images (see the module docstring); the student's settings are a
+    :class:`~plaindet.engine.train.TrainConfig`."""
 
-    teacher: str = ""
-    unlabeled: str = ""
-    unlabeled_from_train: int = 0
-    threshold: float = 0.35
-    mode: str = "union"
-    union_iou: float = 0.5
-    teacher_image_size: int = 0
+    teacher: str = setting("", help="A trained model (.safetensors) whose predictions the student learns.")
+    unlabeled: str = setting("", help="A folder of unlabeled images the teacher labels.")
+    unlabeled_from_train: int = setting(0, help="Treat the last N training images as unlabeled.")
+    threshold: float = setting(0.35, help="Teacher score that makes a box a target.")
+    mode: str = setting("union", help="Labeled images: union (labels + teacher's extra boxes), teacher or labels.")
+    union_iou: float = setting(0.5, help="union: a teacher box overlapping a label by more than this IoU is not added.")
+    teacher_image_size: int = setting(0, help="Long side the teacher predicts at (0: the teacher's own).")
 
     def __post_init__(self) -> None:
         if self.mode not in ("union", "teacher", "labels"):
-            raise ValueError(f"mode must be union, teacher or labels, got {self.mode!r}")
+            raise ConfigError(f"mode must be union, teacher or labels, got {self.mode!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
 
 
 def pseudo_label(teacher, images: list[Path], threshold: float, image_size: int | None = None, batch_size: int = 8):
@@ -118,12 +124,12 @@ def distill_datasets(dcfg: DistillConfig, train_set, teacher):
 
 def distill(cfg, dcfg: DistillConfig, on_epoch=None) -> dict:
     """Train ``cfg.model`` (the student) on the teacher's labels; returns the best epoch's metrics."""
-    import plaindet
     from plaindet.engine.train import load_splits, train
+    from plaindet.models.factory import load_model
 
     if not dcfg.teacher:
-        raise ValueError("distillation needs a teacher checkpoint")
-    teacher = plaindet.load(dcfg.teacher)
+        raise ConfigError("distillation needs a teacher checkpoint (--teacher)")
+    teacher = load_model(dcfg.teacher)
     train_set, val_set = load_splits(cfg)
     student_set = distill_datasets(dcfg, train_set, teacher)
     del teacher

@@ -6,14 +6,17 @@ pycocotools many times faster; ``backend="pycocotools"`` runs the reference impl
 
 Data contracts
 --------------
-- Ground truth comes from the dataset: :func:`coco_ground_truth` turns its samples (absolute ``xyxy``
-  boxes, contiguous labels) into a COCO dict with the dataset's own image and category ids.
+- Ground truth comes from the dataset: :func:`plaindet.data.coco.coco_dict` turns its samples
+  (absolute ``xyxy`` boxes, contiguous labels) into a COCO dict with the dataset's own image and
+  category ids, the same dict ``plaindet data convert`` writes.
 - Predictions are COCO results, one dict per box, in the dataset's own ids::
 
       {"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": float}
 
   ``bbox`` is absolute pixels of the displayed image: top-left corner, width and height (``w, h >= 0``).
   ``category_id`` is ``dataset.category_ids[k]`` for contiguous class ``k``, not ``k`` itself.
+  :meth:`plaindet.detections.Detections.to_coco` writes them, and
+  :func:`plaindet.detections.predict_dataset` predicts a whole dataset with any backend.
 
 Undefined metrics
 -----------------
@@ -37,6 +40,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from plaindet.data.coco import coco_dict
+from plaindet.errors import UserError
 
 if TYPE_CHECKING:
     from plaindet.data.sample import DetectionDataset
@@ -163,72 +169,6 @@ def _defined_mean(values: np.ndarray) -> float | None:
 def _defined(value: float) -> float | None:
     """COCO's ``-1`` (undefined) -> ``None``; anything else -> a Python float."""
     return None if value < 0 else float(value)
-
-
-# --------------------------------------------------------------------------------------------------
-# Ground truth
-
-
-def coco_ground_truth(dataset: DetectionDataset) -> dict:
-    """The COCO ground-truth dict of ``dataset``, ready for ``COCO()`` (pycocotools or faster-coco-eval).
-
-    - ``images``: every sample (with or without boxes) with its own ``image_id``, ``width``, ``height``
-      and ``file_name`` (the image file's name).
-    - ``categories``: every class, ``{"id": dataset.category_ids[k], "name": dataset.class_names[k]}``,
-      including classes without a single box (COCO counts them: their AP is undefined, not 0).
-    - ``annotations``: ``bbox`` ``[x, y, w, h]`` from the ``xyxy`` boxes, ``area`` from ``Sample.areas``
-      when the dataset has them (COCO's segmentation areas, which decide small/medium/large) else the
-      box area, ``iscrowd`` 0/1, and ids renumbered ``1..N``.
-
-    Raises:
-        ValueError: duplicate image ids or category ids, or a label outside the class list.
-    """
-    category_ids = [int(c) for c in dataset.category_ids]
-    if len(set(category_ids)) != len(category_ids):
-        raise ValueError(f"dataset category_ids are not unique: {category_ids}")
-    categories = [{"id": cid, "name": name} for cid, name in zip(category_ids, dataset.class_names)]
-    lookup = np.asarray(category_ids, dtype=np.int64)
-
-    images: list[dict] = []
-    annotations: list[dict] = []
-    seen: set[int] = set()
-    for sample in dataset.samples:
-        image_id = int(sample.image_id)
-        if image_id in seen:
-            raise ValueError(f"{sample.image_path}: image_id {image_id} is used by more than one image")
-        seen.add(image_id)
-        images.append(
-            {"id": image_id, "width": int(sample.width), "height": int(sample.height), "file_name": sample.image_path.name}
-        )
-        if len(sample.labels) == 0:
-            continue
-        bad = (sample.labels < 0) | (sample.labels >= len(category_ids))
-        if bad.any():
-            raise ValueError(
-                f"{sample.image_path}: label {int(sample.labels[bad][0])} outside the {len(category_ids)} classes"
-            )
-        boxes = sample.boxes.astype(np.float64)
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        areas = sample.areas.astype(np.float64) if sample.areas is not None else xywh[:, 2] * xywh[:, 3]
-        for bbox, area, cat, crowd in zip(
-            xywh.tolist(), areas.tolist(), lookup[sample.labels].tolist(), sample.iscrowd.tolist()
-        ):
-            # Ids are renumbered 1..N whatever the dataset used. pycocotools (and the C++ port in
-            # faster-coco-eval) records a match by storing the matched ground-truth id in `dtm`, and
-            # counts true positives as `dtm & ~dtIg`: an id of 0 reads as "unmatched". Datasets whose
-            # annotation ids start at 0 (Roboflow exports do) would silently turn that true positive
-            # into a false positive and lower AP.
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": cat,
-                    "bbox": bbox,
-                    "area": area,
-                    "iscrowd": int(crowd),
-                }
-            )
-    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,7 +306,7 @@ def evaluate_coco(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if len(dataset) == 0:
         raise ValueError("the dataset has no images to evaluate on")
-    gt = coco_ground_truth(dataset)
+    gt = coco_dict(dataset)
     results = coco_results(
         predictions, {img["id"] for img in gt["images"]}, {cat["id"] for cat in gt["categories"]}
     )
@@ -494,69 +434,135 @@ def plot_pr_curves(metrics: CocoMetrics, out_dir: str | Path, *, classes_per_pag
 
 
 # --------------------------------------------------------------------------------------------------
-# Command line
+# The entry point: a dataset, and weights to run or predictions to score
 
 
 def read_predictions(path: str | Path) -> list:
     """Read a COCO results JSON file: a list of ``{image_id, category_id, bbox, score}`` dicts.
 
     Raises:
-        ValueError: naming the file: missing, not valid JSON (with line and column), or not a list.
+        UserError: naming the file: missing, not valid JSON (with line and column), or not a list.
     """
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
-        raise ValueError(f"{path}: cannot read predictions: {err.strerror or err}") from err
+        raise UserError(f"{path}: cannot read predictions: {err.strerror or err}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from err
+        raise UserError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
     if isinstance(data, dict):
         hint = " (this looks like a ground-truth file)" if "annotations" in data else ""
-        raise ValueError(f"{path}: expected a JSON list of COCO results, got an object{hint}")
+        raise UserError(f"{path}: expected a JSON list of COCO results, got an object{hint}")
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of COCO results, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON list of COCO results, got {type(data).__name__}")
     return data
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured: the ``metrics``, the ``dataset`` they were measured on, the COCO
+    ``results`` scored, and ``warnings`` for the user (e.g. class names that differ)."""
+
+    metrics: CocoMetrics
+    dataset: DetectionDataset
+    results: list
+    warnings: list[str]
+
+
+def evaluate(
+    data: str | Path,
+    split: str = "val",
+    *,
+    weights: str | Path | None = None,
+    predictions: str | Path | Sequence[Mapping] | None = None,
+    image_size: int | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+) -> Evaluation:
+    """COCO metrics on ``split`` of the dataset ``data``, of a model or of its predictions.
+
+    Exactly one of:
+
+    - ``weights``: any model file :func:`plaindet.load` reads (``.safetensors`` for PyTorch,
+      ``.onnx`` for ONNX Runtime), run on every image through
+      :func:`plaindet.detections.predict_dataset` (long side ``image_size``, default the model's; no
+      score threshold). Its classes are matched to the dataset's by index.
+    - ``predictions``: COCO results in the dataset's own ids, a JSON file or a list of dicts.
+
+    Raises:
+        UserError: an unusable input (unreadable dataset, weights or predictions file, a class count
+            that differs from the model's, a malformed result), naming the file.
+    """
+    if (weights is None) == (predictions is None):
+        raise UserError("give either weights (a model to run) or predictions (COCO results), not both or neither")
+    from plaindet.data import load_dataset
+
+    dataset = load_dataset(data, split=split)
+    warnings: list[str] = []
+    if weights is not None:
+        import plaindet
+        from plaindet.detections import predict_dataset
+
+        if device is None and Path(weights).suffix.lower() != ".onnx":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        predictor = plaindet.load(weights, device=device or "cpu")
+        names = list(predictor.class_names)
+        if len(names) != dataset.num_classes:
+            raise UserError(
+                f"{weights} has {len(names)} classes ({', '.join(names)}) but {data} has "
+                f"{dataset.num_classes} ({', '.join(dataset.class_names)})"
+            )
+        if names != list(dataset.class_names):
+            warnings.append(f"the model's class names {names} differ from the dataset's {dataset.class_names}; classes are matched by index")
+        results = predict_dataset(predictor, dataset, image_size=image_size, batch_size=batch_size)
+        where = str(weights)
+    else:
+        results = read_predictions(predictions) if isinstance(predictions, (str, Path)) else list(predictions)
+        where = str(predictions) if isinstance(predictions, (str, Path)) else "predictions"
+    try:
+        metrics = evaluate_coco(dataset, results)
+    except ValueError as e:
+        message = str(e)
+        raise UserError(message if message.startswith(where) else f"{where}: {message}") from None
+    return Evaluation(metrics, dataset, results, warnings)
 
 
 def run_eval(
     data: str | Path,
     split: str = "val",
+    *,
+    weights: str | Path | None = None,
     predictions: str | Path | None = None,
+    image_size: int | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    save_predictions: str | Path | None = None,
     output: str | Path | None = None,
     plots: str | Path | None = None,
-) -> int:
-    """``plaindet eval``: print the COCO tables, optionally write metrics JSON and PR plots.
-
-    Returns the exit code: 0 on success, 2 when an input cannot be used (no ``--predictions``, an
-    unreadable dataset, a malformed results file); the reason is printed to stderr.
-    """
+    console=None,
+) -> Evaluation:
+    """``plaindet eval``: :func:`evaluate`, then print the COCO tables and write what was asked for:
+    the COCO results scored (``save_predictions``), the metrics as JSON (``output``) and
+    precision-recall plots (``plots``). Raises :class:`~plaindet.errors.UserError` on bad input."""
     from rich.console import Console
 
-    out, err = Console(), Console(stderr=True)
-
-    def fail(message: str) -> int:
-        err.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
-        return 2
-
-    if predictions is None:
-        return fail("--predictions RESULTS.json is required (or evaluate a model with --weights CKPT)")
-
-    from plaindet.data import load_dataset
-
-    try:
-        dataset = load_dataset(data, split=split)
-    except (OSError, ValueError) as e:  # DatasetError is a ValueError
-        return fail(f"cannot load dataset {data} (split {split!r}): {e}")
-    try:
-        results = read_predictions(predictions)
-        metrics = evaluate_coco(dataset, results)
-    except ValueError as e:
-        message = str(e)
-        return fail(message if message.startswith(str(predictions)) else f"{predictions}: {message}")
-
+    out = console or Console()
     plain = {"markup": False, "highlight": False, "soft_wrap": True}  # paths may hold [brackets]
+    result = evaluate(
+        data, split, weights=weights, predictions=predictions, image_size=image_size, batch_size=batch_size, device=device
+    )
+    for warning in result.warnings:
+        Console(stderr=True).print(f"warning: {warning}", style="yellow", **plain)
+    metrics, dataset = result.metrics, result.dataset
+    if save_predictions is not None:
+        path = Path(save_predictions)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.results))
+        out.print(f"predictions written to {path}", **plain)
     out.print(
         f"{metrics.num_predictions} predictions on {metrics.num_images} images, "
         f"{dataset.num_classes} classes ({data}, split {split!r})",
@@ -566,7 +572,6 @@ def run_eval(
         out.print(table)
     if None in metrics.stats.values() or any(c.ap is None for c in metrics.per_class):
         out.print("- = undefined: no ground truth to measure (COCO's -1; null in the JSON)", **plain)
-
     if output is not None:
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -575,4 +580,4 @@ def run_eval(
     if plots is not None:
         paths = plot_pr_curves(metrics, plots)
         out.print(f"{len(paths)} precision-recall plots written to {plots}", **plain)
-    return 0
+    return result

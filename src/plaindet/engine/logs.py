@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from plaindet.checkpoint import atomic_write
+from plaindet.weights import atomic_write
 
 log = logging.getLogger("plaindet")
 

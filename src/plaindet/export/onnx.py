@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from plaindet.export.deps import require
+from plaindet.errors import require_extra
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels")
@@ -126,8 +126,8 @@ def export_onnx(
 
     Returns the path. Raises ``ImportError`` naming the extra when onnx/onnxscript are missing.
     """
-    require("onnxscript")
-    onnx = require("onnx")
+    require_extra("onnxscript", "onnx", "ONNX export and inference")
+    onnx = require_extra("onnx", "onnx", "ONNX export and inference")
     model = _deployable(model)
     config = model.config
     image_size = image_size or config.image_size
@@ -152,11 +152,11 @@ def export_onnx(
         )
         program.save(path, external_data=False)
 
-    from plaindet import __version__
     from plaindet.config import to_dict
+    from plaindet.version import __version__
 
     proto = onnx.load(path)
-    set_metadata(
+    onnx.helper.set_model_props(
         proto,
         {
             "plaindet_version": __version__,
@@ -181,16 +181,6 @@ def export_onnx(
     return path
 
 
-def set_metadata(proto: Any, values: dict[str, str]) -> None:
-    """Set (replace) string entries of an ``onnx.ModelProto``'s ``metadata_props``."""
-    kept = [p for p in proto.metadata_props if p.key not in values]
-    del proto.metadata_props[:]
-    for p in kept:
-        proto.metadata_props.add(key=p.key, value=p.value)
-    for key, value in values.items():
-        proto.metadata_props.add(key=key, value=str(value))
-
-
 @torch.no_grad()
 def onnx_parity(model: nn.Module, path: str | os.PathLike, images: Tensor, max_detections: int | None = None) -> dict[str, float]:
     """How far the ONNX file's outputs are from PyTorch's ``postprocess(forward(images))``.
@@ -206,7 +196,7 @@ def onnx_parity(model: nn.Module, path: str | os.PathLike, images: Tensor, max_d
       ``inf``; ``boxes_compared`` says how many detections were compared;
     - ``labels``: the fraction of ranks whose label differs (swaps of tied scores, not errors).
     """
-    ort = require("onnxruntime")
+    ort = require_extra("onnxruntime", "onnx", "ONNX export and inference")
     wrapper = ExportWrapper(_deployable(model), max_detections).eval()
     ref = [t.numpy() for t in wrapper(images)]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -233,3 +223,57 @@ def _matched_box_diff(ref_boxes, ref_scores, ref_labels, boxes, scores, labels, 
         worst = max(worst, float(abs(ref_boxes[twins] - box).max(axis=1).min()))
         compared += 1
     return worst, compared
+
+
+def run_export(
+    weights: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    image_size: int | None = None,
+    dynamic_batch: bool = False,
+    opset: int | None = None,
+    max_detections: int | None = None,
+    quantize: str | None = None,
+    calib_data: str | os.PathLike | None = None,
+    calib_images: int = 100,
+    calib_split: str = "train",
+) -> tuple[Path, list[str]]:
+    """``plaindet export``: a saved model to one ONNX file, optionally quantized (``int8-static``
+    calibrated on ``calib_images`` images of ``calib_data``, ``int8-dynamic`` or ``fp16``).
+
+    The fp32 graph is compared with PyTorch on random images on the way out. Returns the file
+    written (default: next to the weights, ``.onnx``) and the lines to tell the user. Raises
+    :class:`~plaindet.errors.UserError` for an option or input that can't be used.
+    """
+    import tempfile
+
+    from plaindet.errors import UserError
+    from plaindet.export.quantize import MODES, calibration_images, quantize_onnx
+    from plaindet.models.factory import load_model
+
+    if quantize is not None and quantize not in MODES:
+        raise UserError(f"unknown quantization {quantize!r}: choose one of {', '.join(MODES)}")
+    if quantize == "int8-static" and calib_data is None:
+        raise UserError("int8-static quantization needs calibration data (--calib-data: training images)")
+    if calib_data is not None and quantize != "int8-static":
+        raise UserError("calibration data (--calib-data) is only used with int8-static quantization")
+    weights = Path(weights)
+    out = Path(out) if out is not None else weights.with_name(weights.stem + (f"-{quantize}" if quantize else "") + ".onnx")
+    model = load_model(weights)
+    calib = calibration_images(calib_data, calib_images, split=calib_split) if calib_data is not None else None
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(
+            model, out if quantize is None else Path(tmp) / "fp32.onnx", image_size=image_size, dynamic_batch=dynamic_batch, opset=opset, max_detections=max_detections
+        )
+        side = export_input_size(image_size or model.config.image_size, model.size_divisor)
+        images = torch.randint(0, 256, (2 if dynamic_batch else 1, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        parity = onnx_parity(model, fp32, images, max_detections)
+        if quantize is not None:
+            quantize_onnx(fp32, out, quantize, calib_images=calib)
+    lines = [
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB, {quantize or 'fp32'}): input images uint8 "
+        f"({'B' if dynamic_batch else 1}, 3, {side}, {side})",
+        f"fp32 graph vs PyTorch on random images: max abs diff boxes {parity['boxes']:.2e} px, scores {parity['scores']:.2e}"
+        + (f" ({quantize} changes the numbers by design: measure its AP with plaindet eval --weights {out})" if quantize else ""),
+    ]
+    return out, lines

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from plaindet.detections import pad_batch, predict_in_batches
-from plaindet.export.deps import require
+from plaindet.errors import NotFound, UserError, require_extra
 
-__all__ = ["OnnxDetector", "onnx_coco_results"]
+__all__ = ["OnnxDetector"]
 
 _REQUIRED_METADATA = ("class_names", "image_size", "input_size")
 
@@ -35,7 +35,8 @@ class OnnxDetector:
     Attributes read from the file's metadata: ``class_names``, ``category_ids``, ``image_size`` (the
     long side images are resized to), ``input_size`` ``(H, W)`` (the fixed model input),
     ``max_detections``, ``precision``, ``model_name``; ``batch_size`` is the fixed batch, or
-    ``None`` for a dynamic one.
+    ``None`` for a dynamic one. :func:`plaindet.detections.predict_dataset` and ``plaindet eval
+    --weights model.onnx`` evaluate it exactly as they evaluate the PyTorch model.
     """
 
     def __init__(
@@ -46,7 +47,7 @@ class OnnxDetector:
         providers: list[str] | None = None,
         optimization_level: str = "all",
     ) -> None:
-        ort = require("onnxruntime")
+        ort = require_extra("onnxruntime", "onnx", "ONNX export and inference")
         levels = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -57,18 +58,21 @@ class OnnxDetector:
             raise ValueError(f"optimization_level must be one of {sorted(levels)}, got {optimization_level!r}")
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such ONNX file")
+            raise NotFound(f"{self.path}: no such ONNX file")
         options = ort.SessionOptions()
         options.graph_optimization_level = levels[optimization_level]
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types for files it can't parse
+            raise UserError(f"{self.path}: not a readable ONNX file ({e})") from None
 
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         missing = [k for k in _REQUIRED_METADATA if k not in meta]
         if missing:
-            raise ValueError(f"{self.path}: not a plaindet ONNX file (metadata {missing} missing); export it with `plaindet export`")
+            raise UserError(f"{self.path}: not a plaindet ONNX file (metadata {missing} missing); export it with `plaindet export`")
         self.metadata = meta
         self.class_names: list[str] = json.loads(meta["class_names"])
         self.category_ids: list[int] = json.loads(meta.get("category_ids", json.dumps(list(range(len(self.class_names))))))
@@ -118,28 +122,3 @@ class OnnxDetector:
         return predict_in_batches(
             images, run, image_size=image_size, batch_size=self.batch_size or batch_size, threshold=threshold, class_names=self.class_names
         )
-
-
-def onnx_coco_results(detector: OnnxDetector, dataset, *, image_size: int | None = None, batch_size: int = 8) -> list[dict]:
-    """COCO results ``{image_id, category_id, bbox, score}`` of ``detector`` on every image of a
-    :class:`~plaindet.data.DetectionDataset`, in the dataset's ids; like
-    :func:`plaindet.engine.validate.predict_dataset`, so :func:`plaindet.engine.evaluate.evaluate_coco`
-    scores both the same way."""
-    if len(detector.class_names) != dataset.num_classes:
-        raise ValueError(f"the model has {len(detector.class_names)} classes but the dataset has {dataset.num_classes}")
-    results: list[dict] = []
-    samples = list(dataset)
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        detections = detector.predict([s.image_path for s in chunk], threshold=0.0, image_size=image_size, batch_size=batch_size)
-        for sample, det in zip(chunk, detections):
-            for (x1, y1, x2, y2), score, k in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
-                results.append(
-                    {
-                        "image_id": int(sample.image_id),
-                        "category_id": int(dataset.category_ids[k]),
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "score": float(score),
-                    }
-                )
-    return results

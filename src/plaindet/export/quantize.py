@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from plaindet.export.deps import require
+from plaindet.errors import require_extra
 
 MODES = ("int8-static", "int8-dynamic", "fp16")
 # The ops whose inputs are quantized in int8-static; everything else stays float.
@@ -180,13 +180,11 @@ def _drop_duplicate_casts(model: Any) -> None:
 
 
 def _copy_metadata(src: Any, dst_path: Path, precision: str) -> None:
-    onnx = require("onnx")
-    from plaindet.export.onnx import set_metadata
+    onnx = require_extra("onnx", "onnx", "ONNX export and inference")
 
     dst = onnx.load(dst_path)
-    values = {p.key: p.value for p in src.metadata_props}
-    values["precision"] = precision
-    set_metadata(dst, values)
+    values = {p.key: p.value for p in (*dst.metadata_props, *src.metadata_props)}
+    onnx.helper.set_model_props(dst, {**values, "precision": precision})
     dst.doc_string = src.doc_string
     onnx.save(dst, dst_path)
 
@@ -223,8 +221,8 @@ def quantize_onnx(
     """
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}: choose one of {', '.join(MODES)}")
-    onnx = require("onnx")
-    require("onnxruntime")
+    onnx = require_extra("onnx", "onnx", "ONNX export and inference")
+    require_extra("onnxruntime", "onnx", "ONNX export and inference")
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     model = onnx.load(src)

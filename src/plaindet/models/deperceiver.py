@@ -13,24 +13,13 @@ stage, all pixels of all scales concatenated into one sequence with a learned pe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from plaindet.models.detr import (
-    Attention,
-    BoxHead,
-    FeedForward,
-    SetDetector,
-    TransformerDecoder,
-    build_set_detector,
-    check_class_names,
-    sine_position_embedding,
-    xavier_init,
-)
-from plaindet.models.detr_criterion import SetLossConfig
+from plaindet.models.detr import BoxHead, SetDetector, SetDetectorConfig, TransformerDecoder, sine_position_embedding, xavier_init
+from plaindet.models.layers import Attention, Mlp
 from plaindet.models.registry import register_model
 from plaindet.models.resnet import ResNet
 
@@ -38,38 +27,23 @@ STRIDES = (4, 8, 16, 32)  # of ResNet layer1..layer4
 
 
 @dataclass
-class DePerceiverConfig:
-    """Everything needed to rebuild a DePerceiver; saved inside every checkpoint.
+class DePerceiverConfig(SetDetectorConfig):
+    """A DePerceiver (see :class:`~plaindet.models.detr.SetDetectorConfig` for the shared fields).
 
     ``downsample_factor``: the stride of the features the latents read (4, 8, 16 or 32);
     ``multi_scale``: also read the coarser strides up to 32. ``num_latents`` latents of width
     ``hidden_dim`` cross-attend to the pixels once, then go through ``latent_layers``
-    self-attention blocks. ``frozen_stages`` as in :class:`~plaindet.models.detr.DetrConfig`.
+    self-attention blocks.
     """
 
     name: str = "deperceiver-r50"
-    num_classes: int = 80
-    class_names: list[str] = field(default_factory=list)
-    category_ids: list[int] = field(default_factory=list)
-    backbone_depth: int = 50
-    frozen_stages: int | None = None
     downsample_factor: int = 32
     multi_scale: bool = False
-    hidden_dim: int = 256
-    heads: int = 8
     num_latents: int = 256
     latent_layers: int = 6
-    decoder_layers: int = 6
-    ffn_dim: int = 2048
-    dropout: float = 0.1
-    num_queries: int = 100
-    aux_loss: bool = True
-    loss: SetLossConfig = field(default_factory=SetLossConfig)
-    image_size: int = 800
-    max_detections: int = 100
 
     def __post_init__(self) -> None:
-        check_class_names(self)
+        super().__post_init__()
         if self.downsample_factor not in STRIDES:
             raise ValueError(f"downsample_factor must be one of {STRIDES}, got {self.downsample_factor}")
 
@@ -77,11 +51,8 @@ class DePerceiverConfig:
         """The feature strides read, finest first."""
         return tuple(s for s in STRIDES if s == self.downsample_factor or (self.multi_scale and s > self.downsample_factor))
 
-    def model_class(self) -> type:
+    def model_class(self) -> type[DePerceiver]:
         return DePerceiver
-
-    def build(self, backbone_weights: Any = None) -> DePerceiver:
-        return build_set_detector(DePerceiver(self), backbone_weights)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -96,7 +67,7 @@ class CrossAttentionBlock(nn.Module):
         self.norm_inputs = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout)
         self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = FeedForward(dim, ffn_dim, dropout)
+        self.mlp = Mlp(dim, ffn_dim, "relu", dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, latents: Tensor, inputs: Tensor, pos: Tensor) -> Tensor:
@@ -113,7 +84,7 @@ class SelfAttentionBlock(nn.Module):
         self.norm_attn = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout)
         self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = FeedForward(dim, ffn_dim, dropout)
+        self.mlp = Mlp(dim, ffn_dim, "relu", dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -8,9 +8,9 @@ auxiliary losses. Attention runs through ``F.scaled_dot_product_attention``, whi
 or memory-efficient kernel on GPU.
 
 The parts that DETR shares with the models built on it (:mod:`~plaindet.models.deperceiver`) live
-here: the decoder, the heads, :class:`SetDetector` (normalization, heads, postprocess, criterion)
-and the backbone freezing rule. Weight conversion from the published DETR checkpoints and from
-``transformers`` is in :mod:`~plaindet.models.detr_convert`.
+here: the decoder, the heads, :class:`SetDetectorConfig` (the fields they share), :class:`SetDetector`
+(normalization, heads, postprocess, criterion) and the backbone freezing rule. Weight conversion from
+the published DETR checkpoints and from ``transformers`` is in :mod:`~plaindet.models.detr_weights`.
 
 Inputs are not masked: a padded batch's padding is part of the image the model sees, as for the
 flagship detector, and boxes are normalized to the padded input (``image_wh`` in the outputs).
@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plaindet.models.base import DetectionModel
-from plaindet.models.detr_criterion import SetCriterion, SetLossConfig
+from plaindet.models.base import DetectionConfig, DetectionModel
+from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, Attention, Mlp, Normalize
 from plaindet.models.registry import register_model
-from plaindet.models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet, load_resnet_weights
+from plaindet.models.resnet import ResNet, load_resnet_weights
+from plaindet.models.set_criterion import SetCriterion, SetLossConfig
 from plaindet.ops.boxes import cxcywh_to_xyxy
 
 log = logging.getLogger("plaindet")
@@ -78,47 +79,6 @@ def input_wh(images: Tensor) -> Tensor:
     return torch.stack((one * w, one * h))
 
 
-class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v projections (position encodings are added to queries
-    and keys but not to values, so the three inputs differ).
-
-    ``query (B, Lq, D)``, ``key (B, Lk, D)``, ``value (B, Lk, D)`` -> ``(B, Lq, D)``.
-    """
-
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"hidden dim {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.dropout = dropout
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        b, lq, d = query.shape
-        lk = key.shape[1]
-        q = self.q_proj(query).view(b, lq, self.heads, -1).transpose(1, 2)
-        k = self.k_proj(key).view(b, lk, self.heads, -1).transpose(1, 2)
-        v = self.v_proj(value).view(b, lk, self.heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(b, lq, d))
-
-
-class FeedForward(nn.Module):
-    """``fc2(dropout(relu(fc1(x))))``: ``(..., D) -> (..., D)`` through ``hidden`` channels."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.dropout(F.relu(self.fc1(x))))
-
-
 class EncoderLayer(nn.Module):
     """Post-norm self-attention layer; the position encoding is added to queries and keys.
 
@@ -129,7 +89,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(dim, heads, dropout)
         self.norm1 = nn.LayerNorm(dim)
-        self.mlp = FeedForward(dim, ffn_dim, dropout)
+        self.mlp = Mlp(dim, ffn_dim, "relu", dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -153,7 +113,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn = Attention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = FeedForward(dim, ffn_dim, dropout)
+        self.mlp = Mlp(dim, ffn_dim, "relu", dropout)
         self.norm3 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -233,6 +193,56 @@ def xavier_init(module: nn.Module) -> None:
 # The shared set-prediction detector
 
 
+@dataclass
+class SetDetectorConfig(DetectionConfig):
+    """The fields DETR and the models built on it share; saved inside every checkpoint.
+
+    ``backbone_depth``: the ResNet's depth (18, 34, 50, 101, 152). ``frozen_stages``: leading backbone
+    units that do not train (stem = 1, stem + layer1 = 2, ...); ``None`` is resolved at build: 2 with
+    pretrained ResNet weights (DETR's recipe), 0 without. The decoder: ``decoder_layers`` of width
+    ``hidden_dim`` with ``heads`` heads and ``ffn_dim`` feed-forward channels, ``num_queries`` object
+    queries; ``aux_loss`` supervises every decoder layer's output in training.
+    """
+
+    name: str = "detr"
+    backbone_depth: int = 50
+    frozen_stages: int | None = None
+    hidden_dim: int = 256
+    heads: int = 8
+    decoder_layers: int = 6
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    num_queries: int = 100
+    aux_loss: bool = True
+    loss: SetLossConfig = field(default_factory=SetLossConfig)
+    image_size: int = 800
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.frozen_stages is not None and not 0 <= self.frozen_stages <= 5:
+            raise ValueError(f"frozen_stages must be 0 (nothing frozen) to 5 (stem and 4 stages), got {self.frozen_stages}")
+
+    def build(self, backbone_weights: Any = None) -> SetDetector:
+        """A new model; ``backbone_weights`` (torchvision-layout ResNet weights: a local file or a
+        state dict) are loaded with DETR's freezing: stem and layer1 frozen once pretrained weights
+        are loaded, nothing frozen for a random backbone (whose frozen features would be of no use).
+        An explicit ``frozen_stages`` wins."""
+        model = self.model_class()(self)
+        if backbone_weights is not None:
+            load_resnet_weights(model.backbone, backbone_weights)
+            if self.frozen_stages is None:
+                self.frozen_stages = PRETRAINED_FROZEN_STAGES
+        elif self.frozen_stages is None:
+            self.frozen_stages = 0
+            log.warning(
+                "%s: built without backbone weights, so the whole ResNet trains from scratch; pass "
+                "backbone_weights= (torchvision-layout ResNet weights) to fine-tune a pretrained one",
+                self.name,
+            )
+        model.backbone.freeze_stages(self.frozen_stages)
+        return model
+
+
 class SetDetector(DetectionModel):
     """What DETR-style models share: pixel normalization, a ResNet, object queries decoded against a
     memory, class and box heads on every decoder layer, the set criterion and the postprocess.
@@ -254,8 +264,7 @@ class SetDetector(DetectionModel):
     config: Any
 
     def _finish_init(self) -> None:
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
         if self.config.frozen_stages is not None:
             self.backbone.freeze_stages(self.config.frozen_stages)
 
@@ -268,11 +277,8 @@ class SetDetector(DetectionModel):
         raise NotImplementedError
 
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict[str, Tensor]:
-        h, w = images.shape[-2:]
-        if h % self.size_divisor or w % self.size_divisor:
-            raise ValueError(f"input size {h}x{w} must be a multiple of {self.size_divisor}; pad the images first")
-        x = (images.float() - self.pixel_mean) / self.pixel_std
-        memory, memory_pos = self.encode(self.backbone(x))
+        self.check_input(images)
+        memory, memory_pos = self.encode(self.backbone(self.normalize(images)))
         aux = self.training and self.config.aux_loss
         hs = self.decoder(self.query_embed.weight, memory, memory_pos, all_layers=aux)  # (L, B, Q, D)
         logits = self.class_embed(hs)
@@ -313,80 +319,20 @@ def set_detections(logits: Tensor, boxes: Tensor, image_wh: Tensor, k: int) -> t
     return top_boxes, top_scores, top_labels
 
 
-def build_set_detector(model: SetDetector, backbone_weights: Any) -> SetDetector:
-    """Load ``backbone_weights`` (torchvision-layout ResNet, a local file or a state dict) and apply
-    DETR's freezing: stem and layer1 frozen once pretrained weights are loaded, nothing frozen for a
-    random backbone (whose frozen features would be of no use). An explicit ``frozen_stages`` wins."""
-    config = model.config
-    if backbone_weights is not None:
-        load_resnet_weights(model.backbone, backbone_weights)
-        if config.frozen_stages is None:
-            config.frozen_stages = PRETRAINED_FROZEN_STAGES
-    elif config.frozen_stages is None:
-        config.frozen_stages = 0
-        log.warning(
-            "%s: built without backbone weights, so the whole ResNet trains from scratch; pass "
-            "backbone_weights= (torchvision-layout ResNet weights) to fine-tune a pretrained one",
-            config.name,
-        )
-    model.backbone.freeze_stages(config.frozen_stages)
-    return model
-
-
 # ------------------------------------------------------------------------------------------------
 # DETR
 
 
 @dataclass
-class DetrConfig:
-    """Everything needed to rebuild a DETR; saved inside every checkpoint.
-
-    ``frozen_stages``: leading backbone units that do not train (stem = 1, stem + layer1 = 2, ...);
-    ``None`` is resolved at build: 2 with pretrained ResNet weights (DETR's recipe), 0 without.
-    """
+class DetrConfig(SetDetectorConfig):
+    """A DETR (see :class:`SetDetectorConfig` for the shared fields): ``encoder_layers`` of
+    self-attention over the stride-32 features."""
 
     name: str = "detr-r50"
-    num_classes: int = 80
-    class_names: list[str] = field(default_factory=list)
-    category_ids: list[int] = field(default_factory=list)
-    backbone_depth: int = 50
-    frozen_stages: int | None = None
-    hidden_dim: int = 256
-    heads: int = 8
     encoder_layers: int = 6
-    decoder_layers: int = 6
-    ffn_dim: int = 2048
-    dropout: float = 0.1
-    num_queries: int = 100
-    aux_loss: bool = True
-    loss: SetLossConfig = field(default_factory=SetLossConfig)
-    image_size: int = 800
-    max_detections: int = 100
 
-    def __post_init__(self) -> None:
-        check_class_names(self)
-
-    def model_class(self) -> type:
+    def model_class(self) -> type[DETR]:
         return DETR
-
-    def build(self, backbone_weights: Any = None) -> DETR:
-        return build_set_detector(DETR(self), backbone_weights)
-
-
-def check_class_names(config: Any) -> None:
-    """Default class names and ids to ``0..K-1``; their counts must equal ``num_classes``. Also checks
-    ``frozen_stages`` (the stem and four stages: 0 to 5)."""
-    if config.frozen_stages is not None and not 0 <= config.frozen_stages <= 5:
-        raise ValueError(f"frozen_stages must be 0 (nothing frozen) to 5 (stem and 4 stages), got {config.frozen_stages}")
-    if not config.class_names:
-        config.class_names = [f"class_{i}" for i in range(config.num_classes)]
-    if not config.category_ids:
-        config.category_ids = list(range(config.num_classes))
-    if len(config.class_names) != config.num_classes or len(config.category_ids) != config.num_classes:
-        raise ValueError(
-            f"num_classes is {config.num_classes} but {len(config.class_names)} class names and "
-            f"{len(config.category_ids)} category ids were given"
-        )
 
 
 class DETR(SetDetector):
@@ -394,7 +340,7 @@ class DETR(SetDetector):
 
     See :class:`SetDetector` for the forward contract. Parameter names follow the published DETR
     closely (``backbone``, ``input_proj``, ``query_embed``, ``class_embed``, ``bbox_embed``), see
-    :mod:`~plaindet.models.detr_convert`.
+    :mod:`~plaindet.models.detr_weights`.
     """
 
     def __init__(self, config: DetrConfig) -> None:

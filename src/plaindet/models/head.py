@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from plaindet.models.neck import LayerNorm2d
+from plaindet.models.layers import LayerNorm2d
 
 
 def _tower(channels: int, depth: int) -> nn.Sequential:

@@ -8,20 +8,20 @@ extra (``pip install 'plaindet[lora]'``), imported only inside the functions her
 everything we need: LoRA for ``nn.Linear`` (the ViT's attention and MLP projections) and for dense
 ``nn.Conv2d`` (the neck's 1x1 and 3x3 convs, adapted by a ``k x k`` conv down to rank ``r`` and a 1x1
 conv back up), with exact merging; and ``inject_adapter_in_model`` adapts our modules *in place*, so
-the model stays a :class:`~plaindet.models.detector.Detector` whose ``predict``, ``save`` and export
+the model stays a :class:`~plaindet.models.plaindet.PlainDet` whose ``predict``, ``save`` and export
 work unchanged (``get_peft_model`` would wrap it in a ``PeftModel``). Its layers are the ecosystem's
 standard, tested against many models; writing our own would mean owning the initialization, the
 dropout, the scaling and the conv merge math for no gain. What peft can't adapt we leave alone:
 depthwise (grouped) convs, which it can't merge and whose rank would have to divide the number of
 groups, and transposed convs, which it doesn't support; they stay frozen (below). Our own code is only what is specific to the detector:
 which modules to adapt, which parameters train, the adapter file, and merging back into a plain
-``Detector``.
+``PlainDet``.
 
 **Which modules get adapters** (``LoraConfig.targets``), picked by module type from the model's
 structure, never by name guessing, so the head can never be hit:
 
-- ``backbone``: every ``nn.Linear`` of the ViT's blocks: ``attn.in_proj`` (fused q/k/v),
-  ``attn.out_proj``, ``mlp.c_fc``, ``mlp.c_proj``. Not the patch embedding.
+- ``backbone``: every ``nn.Linear`` of the ViT's blocks: ``attn.qkv`` (fused q/k/v),
+  ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``. Not the patch embedding.
 - ``neck``: every dense (``groups == 1``) ``nn.Conv2d`` of the neck: each level's 1x1 and 3x3 conv
   and the Mix-FFN ``fc1``/``fc2``. Not the depthwise or transposed convs.
 - ``both``: the two together.
@@ -49,7 +49,7 @@ useful choice; ``neck`` and ``both`` are for finetuning a trained detector::
     add_lora(model, LoraConfig(rank=8, targets="both"))
     ...  # train
     save_adapter(model, "adapter.safetensors")   # a few MB
-    deployable = plaindet.merge_lora(model)      # a plain Detector; plaindet.load works without peft
+    deployable = plaindet.merge_lora(model)      # a plain PlainDet; plaindet.load works without peft
 
     # elsewhere, with the same base model:
     model = load_adapter(plaindet.load("coco.safetensors"), "adapter.safetensors")
@@ -61,22 +61,35 @@ import dataclasses
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from torch import nn
 
-from plaindet import __version__
-from plaindet.checkpoint import CheckpointError, read_config, read_safetensors, save_safetensors
 from plaindet.config import from_dict, to_dict
-from plaindet.models.detector import Detector, DetectorConfig, LoraConfig
+from plaindet.errors import CheckpointError, require_extra
+from plaindet.version import __version__
+from plaindet.weights import read_config, read_safetensors, save_safetensors
 
 log = logging.getLogger("plaindet")
 
-__all__ = ["ADAPTER_FORMAT", "add_lora", "has_lora", "load_adapter", "lora_target_modules", "merge_lora", "save_adapter"]
+__all__ = ["ADAPTER_FORMAT", "LoraConfig", "add_lora", "has_lora", "load_adapter", "lora_target_modules", "merge_lora", "save_adapter"]
 
 ADAPTER_FORMAT = "plaindet-adapter"
 TARGETS = ("neck", "backbone", "both")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (``rank`` 0 means none). ``targets``: ``neck``, ``backbone`` or ``both``;
+    ``alpha``: the update is scaled by ``alpha / rank`` (``None``: ``alpha = rank``); ``dropout`` on
+    the adapters' input."""
+
+    rank: int = 0
+    alpha: float | None = None
+    targets: str = "neck"
+    dropout: float = 0.0
 
 # Config fields an adapter file may set on the model it is loaded into; every other field describes
 # the architecture and must match, so that the adapter and the base weights fit together.
@@ -84,11 +97,7 @@ _ADAPTER_FIELDS = {"name", "class_names", "category_ids", "image_size", "max_det
 
 
 def _require_peft() -> ModuleType:
-    try:
-        import peft
-    except ImportError as e:
-        raise ImportError("LoRA needs peft: pip install 'plaindet[lora]'") from e
-    return peft
+    return require_extra("peft", "lora", "LoRA")
 
 
 def _tuner_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -100,12 +109,12 @@ def _tuner_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
 
 
-def has_lora(model: Detector) -> bool:
+def has_lora(model: nn.Module) -> bool:
     """Whether ``model`` holds LoRA adapters."""
     return bool(_tuner_layers(model))
 
 
-def lora_target_modules(model: Detector, targets: str) -> list[str]:
+def lora_target_modules(model: nn.Module, targets: str) -> list[str]:
     """Names of the modules that ``targets`` (``neck``, ``backbone`` or ``both``) adapts in ``model``.
 
     Chosen by type within the part concerned (see the module docstring), so a new layer of the same
@@ -115,8 +124,8 @@ def lora_target_modules(model: Detector, targets: str) -> list[str]:
         raise ValueError(f"LoRA targets must be one of {', '.join(TARGETS)}, got {targets!r}")
     names = []
     if targets in ("backbone", "both"):
-        blocks = model.backbone.transformer
-        names += [f"backbone.transformer.{n}" for n, m in blocks.named_modules() if isinstance(m, nn.Linear)]
+        blocks = model.backbone.blocks
+        names += [f"backbone.blocks.{n}" for n, m in blocks.named_modules() if isinstance(m, nn.Linear)]
     if targets in ("neck", "both"):
         # ConvTranspose2d is not a Conv2d subclass; depthwise convs are excluded by their groups.
         names += [f"neck.{n}" for n, m in model.neck.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
@@ -134,8 +143,8 @@ def _check_lora_config(cfg: LoraConfig) -> None:
         raise ValueError(f"LoRA dropout must be in [0, 1), got {cfg.dropout}")
 
 
-def add_lora(model: Detector, cfg: LoraConfig) -> Detector:
-    """Add LoRA adapters to ``model`` in place and set what trains; returns ``model``, still a ``Detector``.
+def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
+    """Add LoRA adapters to ``model`` in place and set what trains; returns ``model``, still a ``PlainDet``.
 
     Args:
         model: a detector without adapters (merge or rebuild one that has them).
@@ -166,7 +175,7 @@ def add_lora(model: Detector, cfg: LoraConfig) -> Detector:
     return model
 
 
-def _adapter_names(model: Detector) -> set[str]:
+def _adapter_names(model: nn.Module) -> set[str]:
     """Names of the adapter parameters (LoRA's ``A`` and ``B``), found through peft's layers, not by name."""
     names = set()
     for layer_name, layer in _tuner_layers(model).items():
@@ -176,7 +185,7 @@ def _adapter_names(model: Detector) -> set[str]:
     return names
 
 
-def _finetuned_names(model: Detector) -> list[str]:
+def _finetuned_names(model: nn.Module) -> list[str]:
     """Names of the parameters that train with LoRA, in ``named_parameters`` order.
 
     The single rule behind both ``requires_grad`` after :func:`add_lora` and the contents of an
@@ -201,14 +210,14 @@ def _finetuned_names(model: Detector) -> list[str]:
     return names
 
 
-def _set_trainable(model: Detector) -> None:
+def _set_trainable(model: nn.Module) -> None:
     trainable = set(_finetuned_names(model))
     for name, p in model.named_parameters():
         p.requires_grad_(name in trainable)
 
 
-def merge_lora(model: Detector) -> Detector:
-    """Fold the adapters into the weights they adapt, in place, and return the plain ``Detector``.
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the adapters into the weights they adapt, in place, and return the plain ``PlainDet``.
 
     Each adapted layer's weight becomes ``W + (alpha / rank) * B @ A`` (for convs, the composition
     of the two adapter convs) and the layer is replaced by its base ``nn.Linear`` / ``nn.Conv2d``,
@@ -234,7 +243,7 @@ def merge_lora(model: Detector) -> Detector:
     return model
 
 
-def save_adapter(model: Detector, path: str | os.PathLike) -> Path:
+def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write only what LoRA finetuning changed to one ``.safetensors`` file, atomically.
 
     The file holds the adapters, the heads and a targeted neck's vectors (everything that trains,
@@ -252,7 +261,7 @@ def save_adapter(model: Detector, path: str | os.PathLike) -> Path:
     return save_safetensors(state, path, meta)
 
 
-def load_adapter(model: Detector, path: str | os.PathLike) -> Detector:
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Apply an adapter file written by :func:`save_adapter` to its base model, in place; returns ``model``.
 
     ``model`` is the detector the adapter was trained from (for instance ``plaindet.load(base)``),
@@ -262,7 +271,7 @@ def load_adapter(model: Detector, path: str | os.PathLike) -> Detector:
     the file is not an adapter or does not fit the model.
     """
     state, meta = read_safetensors(path)
-    adapter_cfg = from_dict(DetectorConfig, read_config(meta, path, ADAPTER_FORMAT))
+    adapter_cfg = from_dict(type(model.config), read_config(meta, path, ADAPTER_FORMAT))
     ours, theirs = to_dict(model.config), to_dict(adapter_cfg)
     differ = sorted(k for k in theirs if k not in _ADAPTER_FIELDS and ours.get(k) != theirs[k])
     if differ:

@@ -10,23 +10,9 @@ positional embedding, so it runs at any input size unchanged.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of a ``(B, C, H, W)`` map (as in ViTDet and ConvNeXt)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+from plaindet.models.layers import LayerNorm2d
 
 
 class MixFFN(nn.Module):

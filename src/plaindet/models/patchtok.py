@@ -48,9 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plaindet.models.base import DetectionModel
-from plaindet.models.deit import IMAGENET_MEAN, IMAGENET_STD, DeiT, DeiTConfig
+from plaindet.models.base import DetectionConfig, DetectionModel
+from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, Attention, Mlp, Normalize, SelfAttention, merge_heads
 from plaindet.models.registry import register_model
+from plaindet.models.vit import ViT, ViTConfig, deit_config
 
 __all__ = [
     "PatchTokConfig",
@@ -84,8 +85,10 @@ class SeqDecoderConfig:
 
 
 @dataclass
-class PatchTokConfig:
+class PatchTokConfig(DetectionConfig):
     """Everything needed to rebuild a patch-token detector; saved inside every checkpoint.
+
+    ``backbone``: a DeiT-flavoured ViT (:func:`~plaindet.models.vit.deit_config`).
 
     ``image_size`` fixes the vocabulary's ``(image_size / patch_size) ** 2`` position tokens, so inputs
     may not be larger than it on either side (smaller and non-square are fine).
@@ -104,14 +107,9 @@ class PatchTokConfig:
     """
 
     name: str = "patchtok"
-    num_classes: int = 80
-    class_names: list[str] = field(default_factory=list)
-    category_ids: list[int] = field(default_factory=list)
-    backbone: DeiTConfig = field(default_factory=DeiTConfig)
+    backbone: ViTConfig = field(default_factory=lambda: deit_config(192, 12, 3))
     backbone_trainable: bool = True
     decoder: SeqDecoderConfig = field(default_factory=SeqDecoderConfig)
-    image_size: int = 640
-    max_detections: int = 100
     max_objects: int = 30
     object_order: str = "raster"
     random_order: bool = False
@@ -123,15 +121,7 @@ class PatchTokConfig:
     offset_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.class_names:
-            self.class_names = [f"class_{i}" for i in range(self.num_classes)]
-        if not self.category_ids:
-            self.category_ids = list(range(self.num_classes))
-        if len(self.class_names) != self.num_classes or len(self.category_ids) != self.num_classes:
-            raise ValueError(
-                f"num_classes is {self.num_classes} but {len(self.class_names)} class names and "
-                f"{len(self.category_ids)} category ids were given"
-            )
+        super().__post_init__()
         if self.image_size % self.backbone.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of the patch size {self.backbone.patch_size}")
         if self.max_objects < 1:
@@ -149,30 +139,27 @@ class PatchTokConfig:
         return PatchTokDetector
 
     def build(self, backbone_weights: Any = None) -> PatchTokDetector:
-        """A new model; ``backbone_weights`` (a DeiT ``.safetensors``/``.pth`` file or state dict, timm
-        layout) initializes the encoder, which keeps training unless ``backbone_trainable`` is off."""
+        """A new model; ``backbone_weights`` (DeiT weights: a ``.safetensors``/``.pth`` file or state dict
+        in timm's layout, see :mod:`~plaindet.models.vit_weights`) initializes the encoder, which keeps
+        training unless ``backbone_trainable`` is off."""
         model = PatchTokDetector(self)
         if backbone_weights is not None:
-            from plaindet.models.deit import load_deit_weights
+            from plaindet.models.vit_weights import load_vit_weights
 
-            load_deit_weights(model.backbone, backbone_weights)
+            load_vit_weights(model.backbone, backbone_weights)
         return model
 
 
 @register_model
 def patchtok_ti() -> PatchTokConfig:
     """DeiT-Ti/16 encoder (192 wide, 12 deep, 3 heads), 3-layer decoder 256 wide."""
-    return PatchTokConfig(
-        name="patchtok-ti", backbone=DeiTConfig(width=192, depth=12, heads=3), decoder=SeqDecoderConfig(depth=3)
-    )
+    return PatchTokConfig(name="patchtok-ti", backbone=deit_config(192, 12, 3), decoder=SeqDecoderConfig(depth=3))
 
 
 @register_model
 def patchtok_s() -> PatchTokConfig:
     """DeiT-S/16 encoder (384 wide, 12 deep, 6 heads), 4-layer decoder 256 wide."""
-    return PatchTokConfig(
-        name="patchtok-s", backbone=DeiTConfig(width=384, depth=12, heads=6), decoder=SeqDecoderConfig(depth=4)
-    )
+    return PatchTokConfig(name="patchtok-s", backbone=deit_config(384, 12, 6), decoder=SeqDecoderConfig(depth=4))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -304,54 +291,22 @@ def grammar_mask(inputs: Tensor, steps: Tensor, vocab: Vocabulary, grid: tuple[i
 # Decoder
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with a key/value cache for decoding one token at a time."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"decoder width {width} is not divisible by heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+class CausalSelfAttention(SelfAttention):
+    """Causal self-attention with a key/value cache for decoding one token at a time."""
 
     def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``x (B, L, C)``; ``past``: the cached ``(k, v)``, each ``(B, heads, S, C / heads)``, of the ``S``
         earlier tokens (then ``L`` must be 1). Returns the output and the keys/values to cache."""
-        B, L, C = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv_heads(x)
         if past is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            if L != 1:
+            if x.shape[1] != 1:
                 raise ValueError("with a cache, decode one token at a time")
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
             # The one new token comes last: it may see every cached token, so no mask.
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(B, L, C)), (k, v)
-
-
-class CrossAttention(nn.Module):
-    """Multi-head attention from the decoder tokens to the image tokens; keys/values are computed once."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(width, width)
-        self.kv = nn.Linear(width, 2 * width)
-        self.proj = nn.Linear(width, width)
-
-    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """``memory (B, N, C)`` -> ``(k, v)``, each ``(B, heads, N, C / heads)``."""
-        B, N, _ = memory.shape
-        k, v = self.kv(memory).view(B, N, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        return k, v
-
-    def forward(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        B, L, C = x.shape
-        q = self.q(x).view(B, L, self.heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+        return self.proj(merge_heads(out)), (k, v)
 
 
 class DecoderLayer(nn.Module):
@@ -362,10 +317,11 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         self.self_attn = CausalSelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width)
-        self.cross_attn = CrossAttention(width, heads)
+        # Attends from the decoder's tokens to the image's; the keys and values of the image tokens
+        # are projected once per image (Attention.keys_values), not once per decoded token.
+        self.cross_attn = Attention(width, heads)
         self.norm3 = nn.LayerNorm(width)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.mlp = Mlp(width, int(width * mlp_ratio), "gelu")
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -373,7 +329,7 @@ class DecoderLayer(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         attn, present = self.self_attn(self.norm1(x), past)
         x = x + self.dropout(attn)
-        x = x + self.dropout(self.cross_attn(self.norm2(x), *memory_kv))
+        x = x + self.dropout(self.cross_attn.attend(self.norm2(x), *memory_kv))
         return x + self.dropout(self.mlp(self.norm3(x))), present
 
 
@@ -411,7 +367,8 @@ class PatchTokDetector(DetectionModel):
         bb, dec = config.backbone, config.decoder
         self.patch_size = bb.patch_size
         self.vocab = Vocabulary(config.num_classes, config.image_size // bb.patch_size)
-        self.backbone = DeiT.from_config(bb)
+        self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        self.backbone = ViT(bb)
         self.memory_proj = nn.Linear(bb.width, dec.width)
         self.memory_norm = nn.LayerNorm(dec.width)
         # One table embeds the tokens the decoder reads, scores the class and special tokens it writes
@@ -431,8 +388,6 @@ class PatchTokDetector(DetectionModel):
         # Offsets from the decoder state and the image feature of the chosen patch: where in the patch
         # an edge lies is local evidence.
         self.offset_head = nn.Sequential(nn.Linear(2 * dec.width, dec.width), nn.GELU(), nn.Linear(dec.width, 2))
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self._reset_decoder()
         self.set_backbone_trainable(config.backbone_trainable)
 
@@ -472,8 +427,7 @@ class PatchTokDetector(DetectionModel):
                 f"input size {H}x{W} is larger than the model's image_size {self.config.image_size}: its position "
                 f"vocabulary covers {g}x{g} patches; resize the images so the long side is at most {self.config.image_size}"
             )
-        x = (images.float() - self.pixel_mean) / self.pixel_std
-        tokens = self.backbone(x)[:, 1:]
+        tokens = self.backbone.forward_features(self.normalize(images))[:, 1:]
         memory = self.memory_norm(self.memory_proj(tokens))
         return memory + self.token_embed.weight[self.vocab.position_tokens(h, w, images.device)], (h, w)
 
@@ -564,7 +518,7 @@ class PatchTokDetector(DetectionModel):
 
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict[str, Tensor]:
         memory, grid = self.encode(images)
-        memory_kv = [layer.cross_attn.memory_kv(memory) for layer in self.layers]
+        memory_kv = [layer.cross_attn.keys_values(memory, memory) for layer in self.layers]
         if targets is None:
             return self._generate(memory, memory_kv, grid, tuple(images.shape[-2:]))
         shuffle = self.training and self.config.random_order

@@ -13,12 +13,13 @@ statistics, and the ImageNet statistics are what the pretrained convolutions exp
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from plaindet.errors import WeightsError
+from plaindet.weights import read_state_dict
 
 log = logging.getLogger("plaindet")
 
@@ -30,10 +31,6 @@ RESNET_LAYOUTS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
-
-# The ImageNet statistics the torchvision weights were trained with, in [0, 255] pixel units.
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -185,36 +182,12 @@ class ResNet(nn.Module):
         return features
 
 
-def read_state_dict(weights: Any) -> dict[str, Tensor]:
-    """A state dict from a local file (``.safetensors``, or a ``.pth``/``.pt``/``.bin`` torch file read
-    with ``weights_only=True``, never unpickling code) or a dict given as is. A torch file holding
-    ``{"model": state}`` or ``{"state_dict": state}`` (training checkpoints) is unwrapped."""
-    if isinstance(weights, dict):
-        state = weights
-    elif isinstance(weights, (str, os.PathLike)):
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise TypeError(f"weights must be a file path or a state dict, got {type(weights).__name__}")
-    for key in ("model", "state_dict"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    return state
-
-
 def load_resnet_weights(resnet: ResNet, weights: Any) -> None:
-    """Load torchvision-layout ResNet weights (a file or a state dict, see :func:`read_state_dict`).
+    """Load torchvision-layout ResNet weights (anything :func:`plaindet.weights.read_state_dict` reads).
 
     The classifier (``fc.*``), BatchNorm step counters, and the stages this trunk does not build are
     skipped; every tensor the trunk has must be present with the right shape, otherwise a
-    ``ValueError`` names what is wrong (a common cause: weights of a different depth).
+    :class:`~plaindet.errors.WeightsError` names what is wrong (a common cause: weights of a different depth).
     """
     state = read_state_dict(weights)
     built = set(resnet.state_dict())
@@ -227,12 +200,12 @@ def load_resnet_weights(resnet: ResNet, weights: Any) -> None:
     missing = sorted(built - set(kept))
     unexpected = sorted(set(kept) - built)
     if missing or unexpected:
-        raise ValueError(
+        raise WeightsError(
             f"these weights are not a torchvision-layout ResNet-{resnet.depth}: missing {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
         )
     own = resnet.state_dict()
     wrong = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in kept.items() if v.shape != own[k].shape]
     if wrong:
-        raise ValueError(f"these weights do not fit a ResNet-{resnet.depth}: {wrong[:5]}")
+        raise WeightsError(f"these weights do not fit a ResNet-{resnet.depth}: {wrong[:5]}")
     resnet.load_state_dict(kept, strict=True)

@@ -58,7 +58,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from plaindet.models.resnet import read_state_dict
+from plaindet.errors import WeightsError
+from plaindet.weights import read_state_dict
 
 # Regex rewrites, applied in order; each key must be rewritten by the first rule that matches.
 _ORIGINAL_RULES: list[tuple[str, str]] = [
@@ -198,9 +199,9 @@ def load_detr_weights(model: nn.Module, weights: Any) -> None:
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"these DETR weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise WeightsError(f"these DETR weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in state.items() if v.shape != own[k].shape]
     if wrong:
-        raise ValueError(f"these DETR weights do not fit the model (different num_classes or sizes?): {wrong[:5]}")
+        raise WeightsError(f"these DETR weights do not fit the model (different num_classes or sizes?): {wrong[:5]}")
     with torch.no_grad():
         model.load_state_dict(state, strict=True)

@@ -1,4 +1,4 @@
-"""Training checkpoints: everything a run needs to continue bit for bit, in one safetensors file.
+"""The resumable training state: everything a run needs to continue bit for bit, in one safetensors file.
 
 A checkpoint holds the model's raw weights (``model.*``), its EMA (``ema.*``, only the tensors that
 differ from the raw ones: a frozen backbone is stored once), the optimizer's tensors
@@ -7,7 +7,7 @@ config (so :func:`plaindet.load` reads a checkpoint like any saved model, taking
 the training config, the optimizer's param groups, the gradient scaler, the EMA's update count, the
 Python and NumPy RNG states, and the progress (epoch, batch within the epoch, step, best AP).
 
-Files are written through :func:`plaindet.checkpoint.atomic_write` (temporary file, fsync, rename),
+Files are written through :func:`plaindet.weights.atomic_write` (temporary file, fsync, rename),
 so a kill at any instant leaves the previous checkpoint or the new one, never a torn file. Nothing is
 unpickled when reading.
 """
@@ -24,7 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from plaindet.checkpoint import CheckpointError, read_config, read_safetensors, save_safetensors
+from plaindet.config import to_dict
+from plaindet.errors import CheckpointError
+from plaindet.version import __version__
+from plaindet.weights import read_config, read_safetensors, save_safetensors
 
 TRAIN_STATE_FORMAT = "plaindet-train-state"
 
@@ -71,9 +74,6 @@ def save_train_state(
     progress: dict,
 ) -> Path:
     """Write a resumable checkpoint atomically. ``ema`` is a :class:`~plaindet.engine.ema.ModelEMA` or ``None``."""
-    from plaindet import __version__
-    from plaindet.config import to_dict
-
     raw = model.state_dict()
     tensors = {f"model.{k}": v for k, v in raw.items()}
     meta: dict[str, Any] = {}
@@ -133,8 +133,7 @@ class TrainState:
         return self.meta["train_config"]
 
     def _prefixed(self, prefix: str) -> dict[str, Tensor]:
-        n = len(prefix)
-        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        return _prefixed(self.tensors, prefix)
 
     def restore(self, model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         """Load weights, EMA, optimizer, scaler and RNG states into freshly built objects."""
@@ -158,4 +157,15 @@ class TrainState:
 
     def inference_weights(self) -> dict[str, Tensor]:
         """The weights to deploy: the EMA where there is one, else the raw weights."""
-        return {**self._prefixed("model."), **self._prefixed("ema.")}
+        return inference_weights(self.tensors)
+
+
+def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    n = len(prefix)
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def inference_weights(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The model weights of a checkpoint's ``tensors``: the EMA (``ema.*``, stored only where it differs)
+    over the raw weights (``model.*``)."""
+    return {**_prefixed(tensors, "model."), **_prefixed(tensors, "ema.")}

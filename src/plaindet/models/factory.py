@@ -1,0 +1,113 @@
+"""Building and loading registered models: ``create_model``, ``list_models``, ``load_model``.
+
+Importing this module imports every model family, so each family's variants are in
+:data:`plaindet.models.registry.REGISTRY` before any lookup; the registry itself imports no model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plaindet.config import apply_overrides, from_dict
+from plaindet.errors import CheckpointError
+import plaindet.models.deperceiver  # noqa: F401 (each family registers its variants on import)
+import plaindet.models.detr  # noqa: F401
+import plaindet.models.patchtok  # noqa: F401
+import plaindet.models.plaindet  # noqa: F401
+from plaindet.models.base import CHECKPOINT_FORMAT, DetectionConfig, DetectionModel
+from plaindet.models.registry import REGISTRY
+from plaindet.weights import read_config, read_safetensors
+
+__all__ = ["count_parameters", "create_model", "describe_model", "list_models", "load_model", "model_config", "model_from_state"]
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(REGISTRY)
+
+
+def describe_model(name: str) -> str:
+    """The first line of the variant's docstring."""
+    doc = (REGISTRY[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def model_config(name: str, **overrides: Any) -> DetectionConfig:
+    """The config of variant ``name`` with ``overrides`` applied strictly (unknown keys are errors)."""
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (available: {', '.join(sorted(REGISTRY))})")
+    return apply_overrides(REGISTRY[name](), overrides, where=name)
+
+
+def create_model(name: str, num_classes: int | None = None, backbone_weights: Any = None, **overrides: Any) -> DetectionModel:
+    """Build a registered model.
+
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: number of classes; ``class_names`` (a list) may be given instead or too.
+        backbone_weights: pretrained backbone weights (a local file, a Hugging Face Hub id or a state
+            dict: CLIP image-encoder weights for plaindet, ResNet weights for DETR and DePerceiver,
+            DeiT weights for the patch-token models); a pretrained ViT backbone is frozen.
+        overrides: any config field, checked strictly (nested configs take dicts, e.g.
+            ``backbone=dict(window_size=0)``).
+    """
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+        names = overrides.get("class_names")
+        if names is not None and len(names) != num_classes:
+            raise ValueError(f"num_classes={num_classes} but {len(names)} class_names were given")
+    elif overrides.get("class_names"):
+        overrides["num_classes"] = len(overrides["class_names"])
+    if "num_classes" in overrides:
+        # Names and ids default to 0..K-1 for the new class count unless given.
+        overrides.setdefault("class_names", [])
+        overrides.setdefault("category_ids", [])
+    config = model_config(name, **overrides)  # dataclasses.replace re-runs __post_init__'s checks
+    return config.build(backbone_weights=backbone_weights)
+
+
+def count_parameters(config: DetectionConfig) -> int:
+    """Parameters of the model ``config`` describes (training-only parts included), counted on the
+    meta device: shapes only, no memory, no initialization."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in config.model_class()(config).parameters())
+
+
+def model_from_state(config: dict, state: dict) -> DetectionModel:
+    """Rebuild any registered model from a checkpoint's config dict (its ``name`` picks the variant's
+    config class) and weights."""
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise ValueError("the checkpoint's config has no model name")
+    cfg = from_dict(type(model_config(config["name"])), config)
+    return cfg.model_class().from_state(cfg, state)
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
+    """Rebuild any plaindet model saved with ``save`` (or a training run's ``best``/``last`` file).
+
+    ``path`` is a ``.safetensors`` file or a folder holding ``model.safetensors``. Nothing but that
+    file is needed: the config travels in its header. No code is unpickled. A training checkpoint
+    gives its EMA weights (the ones evaluated and deployed).
+    """
+    from plaindet.engine.train_state import TRAIN_STATE_FORMAT, inference_weights
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    state, meta = read_safetensors(p)
+    if meta.get("format") == TRAIN_STATE_FORMAT:
+        config, state = read_config(meta, p, TRAIN_STATE_FORMAT), inference_weights(state)
+    else:
+        config = read_config(meta, p, CHECKPOINT_FORMAT)
+    try:
+        model = model_from_state(config, state)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{p}: {e}") from None
+    return model.to(device)

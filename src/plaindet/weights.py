@@ -1,0 +1,258 @@
+"""Weight files, read and written safely: plaindet's own files and any pretrained weights a user has.
+
+- **Writing** (:func:`atomic_write`, :func:`save_safetensors`): one safetensors file with string
+  metadata (plaindet puts its JSON config there), written to a temporary file, fsynced and renamed,
+  so a crash leaves the old file or the new one, never a torn file.
+- **Reading plaindet files** (:func:`read_safetensors`, :func:`read_config`): tensors and header,
+  with a :class:`~plaindet.errors.CheckpointError` naming the file for anything unreadable.
+- **Reading pretrained weights** (:func:`read_state_dict`), the one reader every backbone's weight
+  loader uses: a ``.safetensors`` file, a ``.bin``/``.pt``/``.pth``/``.ckpt`` file of tensors only
+  (``torch.load(weights_only=True)``: nothing that needs Python code to unpickle is ever loaded), a
+  folder holding one (a downloaded Hub snapshot), an in-memory state dict, or a Hugging Face Hub id.
+
+Nothing here unpickles code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from plaindet.errors import CheckpointError, NotFound, WeightsError
+
+__all__ = ["HUB_FILENAMES", "atomic_write", "read_config", "read_safetensors", "read_state_dict", "save_safetensors"]
+
+# Files tried, in order, when weights are given as a Hub id or a folder. Safetensors first: no pickle at all.
+HUB_FILENAMES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+_TORCH_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then move the result over ``path`` atomically.
+
+    The temporary file lives in the same folder (a rename is only atomic within one file system) and
+    is fsynced before the rename, so a crash at any instant leaves either the old file or the new
+    one, never a torn file. On failure (a full disk, say) the temporary file is removed and the
+    previous file is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def save_safetensors(state: dict, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Write ``state`` (name -> tensor) with string ``metadata`` to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    seen: set[int] = set()
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        # safetensors refuses tensors that share memory (tied or viewed weights): copy the repeats.
+        ptr = v.untyped_storage().data_ptr()
+        if v.numel() and ptr in seen:
+            v = v.clone()
+        seen.add(ptr)
+        tensors[k] = v
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading plaindet's files
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Read tensors and header metadata; clear :class:`CheckpointError` on anything unreadable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several error types for bad headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return state, meta
+
+
+def read_config(meta: dict[str, str], path: str | os.PathLike, expected_format: str) -> dict:
+    """The JSON config in a plaindet file's header, which must be of ``expected_format``."""
+    if meta.get("format") != expected_format or "config" not in meta:
+        raise CheckpointError(f"{path}: not a {expected_format} checkpoint (its header has format={meta.get('format')!r})")
+    try:
+        config = json.loads(meta["config"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the config in its header is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the config in its header is not a JSON object")
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading pretrained weights
+
+
+def read_state_dict(source: Any) -> dict:
+    """The tensors of a weights file, with the keys as stored (no renaming).
+
+    Args:
+        source: a path to a ``.safetensors`` / ``.bin`` / ``.pt`` / ``.pth`` / ``.ckpt`` file, a folder
+            holding one of :data:`HUB_FILENAMES` (a downloaded Hub snapshot), a mapping of names to
+            tensors, or a Hub repository id (``"org/name"``, optionally ``"hf-hub:org/name"``).
+
+    A training checkpoint that nests the weights under ``"state_dict"`` or ``"model"`` is unwrapped,
+    and a ``module.`` prefix (DistributedDataParallel) is removed.
+
+    Raises:
+        WeightsError: the file can't be read safely (pickled code, TorchScript, corrupt), or holds
+            something other than tensors, or the Hub id can't be fetched (the message says how to
+            point at a local file instead).
+        NotFound: no such file, folder or Hub id (a ``FileNotFoundError``).
+    """
+    if isinstance(source, Mapping):
+        return _unwrap(dict(source), "the given state dict")
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"weights must be a file path, a Hub id or a state dict, got {type(source).__name__}")
+    path = Path(source)
+    if path.is_dir():  # a downloaded Hub snapshot or a clone of the repository
+        path = _weights_in_dir(path)
+    if path.exists():
+        return _unwrap(_read_file(path), str(path))
+    repo_id = str(source).removeprefix("hf-hub:")
+    if _looks_like_repo_id(repo_id):
+        path = _download(repo_id)
+        return _unwrap(_read_file(path), f"{repo_id} ({path.name})")
+    raise NotFound(f"{source}: no such file, nor a Hugging Face Hub id like 'openai/clip-vit-base-patch16'")
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    weight_suffixes = {".safetensors", *_TORCH_SUFFIXES}
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and Path(name).suffix not in weight_suffixes
+
+
+def _weights_in_dir(directory: Path) -> Path:
+    for name in HUB_FILENAMES:
+        if (directory / name).is_file():
+            return directory / name
+    raise NotFound(f"{directory}: a folder without any of the weight files {', '.join(HUB_FILENAMES)}")
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _read_file(path: Path) -> dict:
+    import torch
+
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    if suffix not in _TORCH_SUFFIXES:
+        raise WeightsError(f"{path}: unknown weights format {suffix!r}; expected .safetensors, .bin, .pt or .pth")
+    if _is_torchscript(path):
+        # OpenAI's original ViT-B-16.pt etc. are TorchScript programs, not state dicts.
+        raise WeightsError(
+            f"{path} is a TorchScript archive (like OpenAI's original ViT-*.pt files), which we don't load. Use "
+            "the same weights as safetensors from the Hugging Face Hub, e.g. 'openai/clip-vit-base-patch16' or "
+            "'timm/vit_base_patch16_clip_224.openai'."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"{path} contains pickled Python objects other than tensors, and loading it would run code from the "
+            "file, so it is refused. Re-save only the weights where you trust the file: "
+            "torch.save(checkpoint_state_dict, path) or safetensors.torch.save_file(state_dict, path)."
+        ) from e
+    except (RuntimeError, OSError, EOFError) as e:  # truncated or not a torch file at all
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({e})") from None
+
+
+def _unwrap(sd: dict, where: str) -> dict:
+    import torch
+
+    for key in ("state_dict", "model"):
+        if isinstance(sd.get(key), Mapping):
+            sd = dict(sd[key])
+            break
+    if sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    not_tensors = sorted(str(k) for k, v in sd.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise WeightsError(f"{where}: expected a state dict of tensors; not tensors: {listing(not_tensors)}")
+    return sd
+
+
+def _download(repo_id: str) -> Path:
+    """The first of :data:`HUB_FILENAMES` that the repository has, from the local cache or the Hub."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = False
+    for filename in HUB_FILENAMES:
+        try:
+            # Once the Hub proved unreachable, only look in the cache: each online try costs retries.
+            return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
+        except LocalEntryNotFoundError:  # not cached and no connection (subclass of EntryNotFoundError)
+            offline = True
+        except EntryNotFoundError:  # the repository has no such file: try the next name
+            continue
+        except RepositoryNotFoundError as e:
+            raise WeightsError(f"{repo_id!r}: no such repository on the Hugging Face Hub (or it is private)") from e
+    if offline:
+        raise WeightsError(
+            f"Can't download the weights of {repo_id!r}: the Hugging Face Hub is unreachable and they are not in the "
+            f"local cache ({constants.HF_HUB_CACHE}). On a machine with internet, download one of "
+            f"{', '.join(HUB_FILENAMES)} from https://huggingface.co/{repo_id} (for instance "
+            f"`hf download {repo_id} {HUB_FILENAMES[0]}`, which fills the cache; copy the cache over), "
+            "or pass the downloaded file's local path (or its folder) instead of the Hub id."
+        )
+    raise WeightsError(f"{repo_id!r} has none of the weight files {', '.join(HUB_FILENAMES)}")
+
+
+def listing(names: list[str], limit: int = 20) -> str:
+    """``names`` joined for an error message, at most ``limit`` of them, then how many more."""
+    if not names:
+        return "(none)"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
