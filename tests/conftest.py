@@ -152,3 +152,28 @@ def make_voc(tmp_path, make_image):
         return root
 
     return make
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Measured values: tests that measure a figure the README quotes record it here, and pytest prints
+# every recorded figure at the end of the run, even under -q (pytest hides a passing test's prints).
+
+_MEASURED: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def measured():
+    """``measured(what, value)``: record a figure (a float is printed with 3 significant digits) for
+    the "measured values" section at the end of the pytest run."""
+
+    def record(what: str, value) -> None:
+        _MEASURED.append((what, f"{value:.3g}" if isinstance(value, float) else str(value)))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MEASURED:
+        terminalreporter.section("measured values")
+        for what, value in _MEASURED:
+            terminalreporter.write_line(f"{what}: {value}")

@@ -328,8 +328,10 @@ def test_check_counts_and_exit_codes(make_yolo):
 
 
 def test_check_reports_an_unreadable_dataset(tmp_path):
-    code, out = check_output(tmp_path / "missing")
-    assert code == 1 and "no such file or folder" in out
+    from plaindet.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="missing: no such file or folder"):
+        check_output(tmp_path / "missing")
 
 
 def test_cli_has_no_traceback_for_bad_input(tmp_path):

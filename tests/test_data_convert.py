@@ -172,7 +172,8 @@ def test_run_convert_reports(tmp_path, yolo_source):
 
     out = io.StringIO()
     console = Console(file=out, width=200)
-    assert run_convert(yolo_source, "voc", tmp_path / "x", console=console) == 1
-    assert "unknown target format 'voc'" in out.getvalue()
+    with pytest.raises(DatasetError, match="unknown target format 'voc'"):
+        run_convert(yolo_source, "voc", tmp_path / "x", console=console)
+    assert not (tmp_path / "x").exists()
     assert run_convert(yolo_source, "coco", tmp_path / "ok", console=console) == 0
     assert "train: 3 images, 10 boxes" in out.getvalue() and "wrote coco dataset" in out.getvalue()

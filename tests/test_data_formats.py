@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from plaindet.data import DatasetError, load_dataset
-from plaindet.data.formats import canonical_split, detect_format, list_splits
+from plaindet.data.formats import detect_format, list_splits
+from plaindet.data.rules import canonical_split
 from plaindet.data.yolo import label_path
 
 CATS = [{"id": 0, "name": "animals", "supercategory": "none"}, {"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]

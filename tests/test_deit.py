@@ -1,18 +1,24 @@
-"""The DeiT encoder: parity with transformers' ViTModel, and loading timm-layout weights strictly."""
+"""The ViT in its DeiT flavour: parity with transformers' ViTModel, and loading timm-layout DeiT weights strictly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from plaindet.models.deit import DeiT, DeiTWeightsError, load_deit_weights
+from plaindet.errors import WeightsError
+from plaindet.models.vit import ViT, deit_config
+from plaindet.models.vit_weights import load_vit_weights
 
 DIMS = dict(img_size=64, patch_size=16, width=64, depth=2, heads=4)
 
 
-def small_deit(**overrides) -> DeiT:
+def deit(img_size=64, patch_size=16, width=64, depth=2, heads=4, **overrides) -> ViT:
+    return ViT(deit_config(width, depth, heads, patch_size=patch_size, pretrain_size=img_size, **overrides))
+
+
+def small_deit(**overrides) -> ViT:
     torch.manual_seed(0)
-    return DeiT(**(DIMS | overrides)).eval()
+    return deit(**overrides).eval()
 
 
 def hf_vit(seed: int = 1):
@@ -79,7 +85,7 @@ def test_parity_with_transformers_vit(pair, size):
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = reference(x, interpolate_pos_encoding=size != (64, 64)).last_hidden_state
-        got = ours(x)
+        got = ours.forward_features(x)
     assert got.shape == (2, 1 + size[0] // 16 * size[1] // 16, DIMS["width"])
     assert (got - expected).abs().max() < 1e-4
 
@@ -102,7 +108,7 @@ def test_timm_key_layout():
 
 def test_rejects_sizes_not_multiple_of_the_patch():
     with pytest.raises(ValueError, match="multiple of the patch size 16"):
-        small_deit()(torch.zeros(1, 3, 64, 72))
+        small_deit().forward_features(torch.zeros(1, 3, 64, 72))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -119,8 +125,8 @@ def test_load_published_layout_from_a_file(tmp_path, suffix):
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
         torch.save({"model": state}, path)  # facebookresearch's release wraps the weights in "model"
-    target = DeiT(**DIMS)
-    load_deit_weights(target, path)
+    target = deit()
+    load_vit_weights(target, path)
     for k, v in source.state_dict().items():
         assert torch.equal(target.state_dict()[k], v), k
 
@@ -129,12 +135,12 @@ def test_load_is_strict_and_lists_the_keys():
     state = small_deit().state_dict()
     state.pop("blocks.1.mlp.fc2.bias")
     state["dist_token"] = torch.zeros(1, 1, 64)
-    with pytest.raises(DeiTWeightsError, match=r"missing keys blocks\.1\.mlp\.fc2\.bias; unexpected keys dist_token"):
-        load_deit_weights(small_deit(), state)
-    with pytest.raises(DeiTWeightsError, match="wrong shape: patch_embed.proj.weight"):
-        load_deit_weights(small_deit(), DeiT(**(DIMS | {"patch_size": 8})).state_dict())
-    with pytest.raises(DeiTWeightsError, match="Hugging Face"):
-        load_deit_weights(small_deit(), hf_vit().state_dict())
+    with pytest.raises(WeightsError, match=r"missing keys blocks\.1\.mlp\.fc2\.bias; unexpected keys dist_token"):
+        load_vit_weights(small_deit(), state)
+    with pytest.raises(WeightsError, match="patch size 8, but the model has width 64, depth 2, patch size 16"):
+        load_vit_weights(small_deit(), deit(patch_size=8).state_dict())
+    with pytest.raises(WeightsError, match="transformers ViT/DeiT checkpoint"):
+        load_vit_weights(small_deit(), hf_vit().state_dict())
 
 
 def test_load_resizes_position_embeddings_of_another_pretraining_size():
@@ -143,7 +149,7 @@ def test_load_resizes_position_embeddings_of_another_pretraining_size():
     # A checkpoint trained at 96 px (6x6 grid) into a 64 px model (4x4 grid).
     source = small_deit(img_size=96)
     target = small_deit()
-    load_deit_weights(target, source.state_dict())
+    load_vit_weights(target, source.state_dict())
     expected = resize_pos_embed(source.pos_embed[0, 1:].reshape(6, 6, -1), (4, 4)).reshape(16, -1)
     assert torch.equal(target.pos_embed[0, 0], source.pos_embed[0, 0])
     assert torch.allclose(target.pos_embed[0, 1:], expected)
@@ -151,5 +157,5 @@ def test_load_resizes_position_embeddings_of_another_pretraining_size():
 
 def test_every_parameter_gets_a_gradient():
     model = small_deit(drop_path=0.1).train()
-    model(torch.randn(2, 3, 48, 64)).square().mean().backward()
+    model.forward_features(torch.randn(2, 3, 48, 64)).square().mean().backward()
     assert all(p.grad is not None and p.grad.any() for p in model.parameters())

@@ -9,11 +9,11 @@ from plaindet.demo import DemoSettings, run_demo
 
 
 def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
-    settings = DemoSettings(train_images=16, val_images=6, epochs=1, batch_size=4, samples_to_draw=2)
+    settings = DemoSettings(train_images=16, val_images=4, test_images=6, epochs=1, batch_size=4, samples_to_draw=2)
     assert run_demo(tmp_path, seed=3, settings=settings) == 0
 
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["held_out_images"] == 6
+    assert summary["test_images"] == 6
     assert 0.0 <= summary["AP"] <= 1.0 and summary["wall_time_s"] > 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert abs(metrics["AP"] - summary["AP"]) < 1e-12
@@ -29,6 +29,6 @@ def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
 
 def test_demo_can_be_run_twice_into_the_same_folder(tmp_path):
     # The conversion step refuses to overwrite user folders; the demo clears its own before converting.
-    settings = DemoSettings(train_images=8, val_images=4, epochs=1, batch_size=4, samples_to_draw=1)
+    settings = DemoSettings(train_images=8, val_images=4, test_images=4, epochs=1, batch_size=4, samples_to_draw=1)
     assert run_demo(tmp_path, settings=settings) == 0
     assert run_demo(tmp_path, settings=settings) == 0

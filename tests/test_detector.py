@@ -11,13 +11,14 @@ import torch
 from PIL import Image
 
 import plaindet
-from plaindet.checkpoint import CheckpointError
-from plaindet.config import ConfigError
+from plaindet.errors import CheckpointError
+from plaindet.errors import ConfigError
 from plaindet.data.shapes import render
-from plaindet.engine.train import TrainConfig, param_groups
-from plaindet.models.criterion import OneToOneCriterion
-from plaindet.predict import Detections
-from plaindet.models.vit import ViT
+from plaindet.engine.train import param_groups
+from plaindet.engine.train_config import TrainConfig
+from plaindet.models.one_to_one import OneToOneCriterion
+from plaindet.detections import Detections
+from plaindet.models.vit import ViT, clip_config
 
 MODELS = [m for m in plaindet.list_models() if m.startswith("plaindet-")]  # the flagship family; tests/test_registry.py covers all
 
@@ -159,9 +160,9 @@ def test_class_names_alone_get_default_category_ids():
 
 
 def clip_like_state_dict() -> dict[str, torch.Tensor]:
-    """Weights of a fresh plaindet-t-sized ViT: our names are OpenAI's bare visual-tower layout."""
+    """Weights of a fresh plaindet-t-sized CLIP ViT: our names are timm's CLIP layout."""
     torch.manual_seed(123)
-    return {k: v.clone() for k, v in ViT(width=192, depth=12, heads=3).state_dict().items()}
+    return {k: v.clone() for k, v in ViT(clip_config(192, 12, 3)).state_dict().items()}
 
 
 def take_steps(model, steps: int = 2) -> None:
@@ -200,9 +201,9 @@ def test_without_backbone_weights_the_backbone_trains_and_a_warning_says_so(capl
     assert any("without backbone weights" in r.getMessage() for r in caplog.records)
     assert model.config.backbone_trainable is True
     assert all(p.requires_grad for p in model.backbone.parameters())
-    before = model.backbone.conv1.weight.detach().clone()
+    before = model.backbone.patch_embed.proj.weight.detach().clone()
     take_steps(model, steps=1)
-    assert not torch.equal(model.backbone.conv1.weight, before)
+    assert not torch.equal(model.backbone.patch_embed.proj.weight, before)
 
 
 def test_frozen_backbone_stays_frozen_after_save_and_load(tmp_path):

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 import plaindet
 from plaindet.config import from_dict, to_dict
 from plaindet.models.detr import DetrConfig, sine_position_embedding
-from plaindet.models.detr_convert import detr_state_from_original, detr_state_from_transformers, load_detr_weights
-from plaindet.models.detr_criterion import SetCriterion, SetLossConfig
+from plaindet.models.detr_weights import detr_state_from_original, detr_state_from_transformers, load_detr_weights
+from plaindet.models.set_criterion import SetCriterion, SetLossConfig
 from plaindet.models.resnet import ResNet
 from plaindet.ops.boxes import xyxy_to_cxcywh
 
@@ -96,7 +96,7 @@ def test_save_load_round_trip_is_exact(tmp_path, model):
 
 
 def test_config_round_trips_through_a_dict():
-    config = plaindet.models.registry.model_config("detr-r18", num_classes=2, class_names=["a", "b"], category_ids=[1, 5], loss={"matcher": "sinkhorn", "eos_coef": 0.2}, frozen_stages=2)
+    config = plaindet.models.factory.model_config("detr-r18", num_classes=2, class_names=["a", "b"], category_ids=[1, 5], loss={"matcher": "sinkhorn", "eos_coef": 0.2}, frozen_stages=2)
     data = to_dict(config)
     assert data["loss"]["matcher"] == "sinkhorn"
     assert from_dict(DetrConfig, data) == config
@@ -362,7 +362,7 @@ def test_criterion_values_against_a_direct_computation():
     criterion = SetCriterion(k, SetLossConfig(eos_coef=0.1))
     losses = criterion(out, targets)
     # Recompute from the criterion's own matching, with per-image loops and plain formulas.
-    from plaindet.models.detr_criterion import pad_targets
+    from plaindet.models.set_criterion import pad_targets
     from plaindet.ops.boxes import cxcywh_to_xyxy, generalized_box_iou
 
     tb, tl, _, counts = pad_targets(targets, out["image_wh"])

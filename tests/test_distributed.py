@@ -15,8 +15,8 @@ import torch
 import yaml
 
 import plaindet
-from plaindet.checkpoint import read_safetensors
-from plaindet.engine.train import TrainConfig
+from plaindet.weights import read_safetensors
+from plaindet.engine.train_config import TrainConfig
 
 
 def _run(cmd: list[str], cwd: Path) -> str:

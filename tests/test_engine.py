@@ -17,10 +17,12 @@ import torch
 import yaml
 
 import plaindet
-from plaindet.checkpoint import read_safetensors
+from plaindet.weights import read_safetensors
 from plaindet.engine import train as train_mod
-from plaindet.engine.checkpoint import TrainState
-from plaindet.engine.train import TrainConfig, TrainingDiverged, TrainingInterrupted, lr_factor, param_groups, train
+from plaindet.engine.train_state import TrainState
+from plaindet.engine.train import lr_factor, param_groups, train
+from plaindet.engine.train_config import TrainConfig
+from plaindet.errors import TrainingDiverged, TrainingInterrupted
 
 
 def _cfg(tiny_shapes, out, **kw) -> TrainConfig:
@@ -103,13 +105,13 @@ def test_checkpoint_is_loadable_and_holds_ema_and_raw_weights(tiny_shapes, tmp_p
     raw = {k[len("model.") :]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if k in ema)
     model.save(tmp_path / "plain.safetensors")
-    with pytest.raises(plaindet.checkpoint.CheckpointError, match="not a training checkpoint"):
+    with pytest.raises(plaindet.errors.CheckpointError, match="not a training checkpoint"):
         TrainState(tmp_path / "plain.safetensors")
 
 
 def test_nan_loss_skips_the_step_and_repeated_nans_stop_the_run(tiny_shapes, tmp_path, monkeypatch, caplog):
     calls = {"n": 0}
-    real = plaindet.models.criterion.OneToOneCriterion.forward
+    real = plaindet.models.one_to_one.OneToOneCriterion.forward
 
     def flaky(self, outputs, targets, num_boxes=None):
         calls["n"] += 1
@@ -118,7 +120,7 @@ def test_nan_loss_skips_the_step_and_repeated_nans_stop_the_run(tiny_shapes, tmp
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(plaindet.models.criterion.OneToOneCriterion, "forward", flaky)
+    monkeypatch.setattr(plaindet.models.one_to_one.OneToOneCriterion, "forward", flaky)
     out = tmp_path / "run"
     train(_cfg(tiny_shapes, out, epochs=1))
     steps = _steps(out)
@@ -131,7 +133,7 @@ def test_nan_loss_skips_the_step_and_repeated_nans_stop_the_run(tiny_shapes, tmp
         return losses
 
     before = _weights(out / "last.safetensors")
-    monkeypatch.setattr(plaindet.models.criterion.OneToOneCriterion, "forward", always_nan)
+    monkeypatch.setattr(plaindet.models.one_to_one.OneToOneCriterion, "forward", always_nan)
     with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):
         train(_cfg(tiny_shapes, out, epochs=3, max_bad_steps=3, resume="auto"))
     after = _weights(out / "last.safetensors")

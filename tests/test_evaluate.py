@@ -1,7 +1,7 @@
 """COCO evaluation: every number is checked against pycocotools itself.
 
 Each case starts from a raw COCO ground-truth dict (what a COCO reader would read) and builds the
-DetectionDataset from it, so `coco_ground_truth` is checked too, not trusted: the reference is
+DetectionDataset from it, so `coco_dict` (the ground truth the evaluator builds) is checked too, not trusted: the reference is
 pycocotools fed with that raw dict (1-based annotation ids) and the same results. Ground-truth
 coordinates are multiples of 1/4 pixel so that the float32 round trip through `Sample` is exact.
 """
@@ -20,14 +20,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import plaindet.data
+from plaindet.data.coco import coco_dict
 from plaindet.data.sample import DetectionDataset, Sample
-from plaindet.engine.evaluate import (
-    METRIC_NAMES,
-    coco_ground_truth,
-    evaluate_coco,
-    plot_pr_curves,
-    run_eval,
-)
+from plaindet.engine.evaluate import METRIC_NAMES, evaluate_coco, plot_pr_curves, run_eval
+from plaindet.errors import UserError
 
 BACKENDS = ["faster", "pycocotools"]
 
@@ -317,11 +313,11 @@ def test_undefined_area_range_is_none_and_json_null():
     assert "-" in metrics.table()
 
 
-def test_coco_ground_truth_dict():
+def test_coco_dict_is_the_ground_truth():
     gt = random_coco_gt(np.random.default_rng(9), num_images=5, category_ids=(3, 1), crowd_fraction=0.3, first_id=0)
     gt["categories"].append({"id": 9, "name": "empty"})
-    ours = coco_ground_truth(dataset_from_coco(gt))
-    assert ours["categories"] == gt["categories"]
+    ours = coco_dict(dataset_from_coco(gt))
+    assert ours["categories"] == [{**c, "supercategory": ""} for c in gt["categories"]]
     assert [img["id"] for img in ours["images"]] == [img["id"] for img in gt["images"]]
     assert [a["id"] for a in ours["annotations"]] == list(range(1, len(gt["annotations"]) + 1))
     for a, b in zip(ours["annotations"], gt["annotations"]):
@@ -465,8 +461,8 @@ def test_run_eval(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results.json"
     results.write_text(json.dumps(preds))
     output = tmp_path / "out" / "metrics.json"
-    code = run_eval("some/dataset", split="val", predictions=results, output=output, plots=tmp_path / "plots")
-    assert code == 0 and calls == [("some/dataset", "val")]
+    result = run_eval("some/dataset", split="val", predictions=results, output=output, plots=tmp_path / "plots")
+    assert result.metrics.stats["AP"] == pytest.approx(0.5) and calls == [("some/dataset", "val")]
     printed = capsys.readouterr().out
     assert "AP50" in printed and "dog" in printed
     data = json.loads(output.read_text())
@@ -475,9 +471,9 @@ def test_run_eval(tmp_path, monkeypatch, capsys):
     assert data["AP"] == pytest.approx(0.5) and len(data["per_class"]) == 2
     assert (tmp_path / "plots" / "pr_all.png").is_file()
 
-    # Inputs that cannot be used: exit code 2 and a message naming the file.
-    assert run_eval("some/dataset", predictions=None) == 2
-    assert "--predictions" in capsys.readouterr().err
+    # Inputs that cannot be used: a UserError (the CLI's exit code 2) whose message names the file.
+    with pytest.raises(UserError, match="either weights .* or predictions"):
+        run_eval("some/dataset", predictions=None)
     for name, text, expected in [
         ("broken.json", '[{"image_id": 1,', "not valid JSON"),
         ("object.json", json.dumps(gt), "got an object (this looks like a ground-truth file)"),
@@ -485,11 +481,11 @@ def test_run_eval(tmp_path, monkeypatch, capsys):
     ]:
         path = tmp_path / name
         path.write_text(text)
-        assert run_eval("some/dataset", predictions=path) == 2
-        err = capsys.readouterr().err
-        assert name in err and expected in err, err
-    assert run_eval("some/dataset", predictions=tmp_path / "missing.json") == 2
-    assert "missing.json" in capsys.readouterr().err
+        with pytest.raises(UserError) as err:
+            run_eval("some/dataset", predictions=path)
+        assert name in str(err.value) and expected in str(err.value), err.value
+    with pytest.raises(UserError, match="missing.json"):
+        run_eval("some/dataset", predictions=tmp_path / "missing.json")
 
 
 def test_json_has_no_nan_or_negative():

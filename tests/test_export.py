@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import plaindet
 from plaindet.cli import app
-from plaindet.export.deps import require
+from plaindet.errors import MissingExtra, require_extra
 from plaindet.export.onnx import METADATA_KEYS, ExportWrapper, export_onnx, onnx_parity
 from plaindet.export.quantize import output_layers
 
@@ -94,8 +94,9 @@ def test_output_layers_are_the_prediction_convs(exported):
 
 
 def test_a_missing_extra_names_it():
-    with pytest.raises(ImportError, match=r"pip install 'plaindet\[onnx\]'"):
-        require("plaindet_no_such_module")
+    with pytest.raises(MissingExtra, match=r"pip install 'plaindet\[onnx\]'") as caught:
+        require_extra("plaindet_no_such_module", "onnx", "ONNX export")
+    assert isinstance(caught.value, ImportError)
 
 
 runner = CliRunner()
@@ -129,7 +130,7 @@ def test_cli_export_fixed_batch_with_image_size_and_max_detections(model, checkp
         (["--format", "tflite"], "only onnx"),
         (["--quantize", "int4"], "int8-static, int8-dynamic, fp16"),
         (["--quantize", "int8-static"], "--calib-data"),
-        (["--quantize", "int8-dynamic", "--calib-data", "x"], "only used with --quantize int8-static"),
+        (["--quantize", "int8-dynamic", "--calib-data", "x"], "only used with int8-static"),
     ],
 )
 def test_cli_export_rejects_bad_options(checkpoint, args, message):

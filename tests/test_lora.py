@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import plaindet
-from plaindet.checkpoint import CheckpointError
-from plaindet.models.detector import LoraConfig
+from plaindet.errors import CheckpointError
+from plaindet.models.lora import LoraConfig
 
 pytest.importorskip("peft")
 
@@ -57,8 +57,8 @@ def expected_adapted(targets: str) -> set[str]:
     names = set()
     if targets in ("backbone", "both"):
         for i in range(DEPTH):
-            block = f"backbone.transformer.resblocks.{i}"
-            names |= {f"{block}.attn.in_proj", f"{block}.attn.out_proj", f"{block}.mlp.c_fc", f"{block}.mlp.c_proj"}
+            block = f"backbone.blocks.{i}"
+            names |= {f"{block}.attn.qkv", f"{block}.attn.proj", f"{block}.mlp.fc1", f"{block}.mlp.fc2"}
     if targets in ("neck", "both"):
         # Each level: resample, 1x1 conv, norm, 3x3 conv, norm, Mix-FFN (fc1, depthwise conv, fc2).
         for level in range(LEVELS):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from plaindet.models.detr_criterion import SetCriterion, SetLossConfig, pad_targets
+from plaindet.models.set_criterion import SetCriterion, SetLossConfig, pad_targets
 from plaindet.ops.boxes import cxcywh_to_xyxy, generalized_box_iou
 from plaindet.ops.matching import batched_min_cost_assignment, min_cost_assignment, sinkhorn_assignment
 

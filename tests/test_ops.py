@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from plaindet.models.criterion import OneToOneCriterion
-from plaindet.models.detector import topk_detections
+from plaindet.models.one_to_one import OneToOneCriterion
+from plaindet.models.plaindet import topk_detections
 from plaindet.ops.boxes import box_area, box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
 from plaindet.ops.losses import focal_cost, sigmoid_focal_loss, varifocal_loss
 from plaindet.ops.matching import min_cost_assignment

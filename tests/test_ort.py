@@ -117,7 +117,7 @@ def test_int8_dynamic_quantizes_every_linear_layer(exported, batch, tmp_path):
     path = quantize_onnx(exported, tmp_path / "dyn.onnx", "int8-dynamic")
     ops = _ops(path)
     weight_matmuls = _ops(exported)["MatMul"] - len(activation_matmuls(onnx.load(exported)))
-    assert ops["MatMulInteger"] == weight_matmuls == 4 * 4  # in_proj, out_proj, c_fc, c_proj per block
+    assert ops["MatMulInteger"] == weight_matmuls == 4 * 4  # qkv, proj, fc1, fc2 per block
     assert ops["Conv"] == _ops(exported)["Conv"]  # convs stay float
     meta = {p.key: p.value for p in onnx.load(path).metadata_props}
     assert meta["precision"] == "int8-dynamic" and json.loads(meta["class_names"]) == CLASSES

@@ -289,10 +289,10 @@ def test_forward_rejects_bad_input_sizes():
 def test_backbone_weights_load_from_a_deit_file(tmp_path):
     from safetensors.torch import save_file
 
-    from plaindet.models.deit import DeiT
+    from plaindet.models.vit import ViT, deit_config
 
     torch.manual_seed(5)
-    deit = DeiT(width=48, depth=2, heads=2)
+    deit = ViT(deit_config(48, 2, 2))
     path = tmp_path / "deit.safetensors"
     save_file(deit.state_dict() | {"head.weight": torch.zeros(10, 48), "head.bias": torch.zeros(10)}, str(path))
     model = plaindet.create_model(
@@ -321,7 +321,7 @@ def test_cached_decoding_equals_a_full_causal_pass():
         tokens = out["tokens"]
         assert (tokens[:, 1:13] < model.vocab.eos).all(), "expected four objects to check"
         memory, grid = model.encode(image)
-        hidden, _ = model._decode(tokens[:, :13], 0, [layer.cross_attn.memory_kv(memory) for layer in model.layers])
+        hidden, _ = model._decode(tokens[:, :13], 0, [layer.cross_attn.keys_values(memory, memory) for layer in model.layers])
         allowed = grammar_mask(tokens[:, :13], torch.arange(13), model.vocab, grid, 4)
         logits = model._logits(hidden, memory, grid).masked_fill(~allowed, float("-inf"))
         assert torch.equal(logits.argmax(-1), tokens[:, 1:14])
@@ -344,6 +344,9 @@ def test_decoding_modes_give_valid_sequences(decoding):
     torch.manual_seed(0)
     objects = 0
     with torch.no_grad():
+        # Make EOS unlikely (as in the cache test), so that random weights write objects to check.
+        model.norm.bias[0] = 4.0
+        model.token_embed.weight[model.vocab.eos, 0] = -100.0
         for _ in range(3):
             out = model(image)
             boxes, scores, labels = model.postprocess(out, max_detections=8)

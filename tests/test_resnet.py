@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from plaindet.models.detr_convert import resnet_state_from_transformers
+from plaindet.models.detr_weights import resnet_state_from_transformers
 from plaindet.models.resnet import FrozenBatchNorm2d, ResNet, load_resnet_weights
 
 # torchvision's parameter counts (resnet18: 11,689,512; resnet50: 25,557,032) less the classifier

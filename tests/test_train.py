@@ -12,7 +12,8 @@ import yaml
 
 import plaindet
 from plaindet.data import load_dataset
-from plaindet.engine.train import TrainConfig, lr_factor, param_groups, train
+from plaindet.engine.train import lr_factor, param_groups, train
+from plaindet.engine.train_config import TrainConfig
 from plaindet.ops.boxes import box_iou
 
 
@@ -84,9 +85,9 @@ def test_param_groups_skip_decay_on_vectors_and_embeddings_and_frozen_weights():
     groups = param_groups(model, cfg)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert "backbone.positional_embedding" not in decayed and "backbone.class_embedding" not in decayed
+    assert "backbone.pos_embed" not in decayed and "backbone.cls_token" not in decayed
     assert not any(n.endswith("bias") for n in decayed)
-    assert "backbone.conv1.weight" in decayed and "head.cls_out.weight" in decayed
+    assert "backbone.patch_embed.proj.weight" in decayed and "head.cls_out.weight" in decayed
     for g in groups:
         in_backbone = {names[id(p)].startswith("backbone.") for p in g["params"]}
         assert in_backbone == {g["lr_mult"] == 0.5}

@@ -1,4 +1,4 @@
-"""The CLIP-layout ViT backbone: shapes, window attention against a masked-attention reference, gradients."""
+"""The ViT backbone: shapes, window attention against a masked-attention reference, gradients."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plaindet.models.vit import ViT, default_global_blocks, resize_pos_embed
+from plaindet.models.vit import ViT, clip_config, default_global_blocks, resize_pos_embed
 
 
 def small_vit(**overrides) -> ViT:
     torch.manual_seed(0)
-    args = dict(img_size=224, patch_size=16, width=64, depth=4, heads=4, window_size=14)
-    return ViT(**(args | overrides)).eval()
+    return ViT(clip_config(64, 4, 4, **({"window_size": 14} | overrides))).eval()
 
 
 @pytest.mark.parametrize("size", [(640, 640), (320, 480)])
@@ -21,20 +20,20 @@ def test_window_attention_shapes(size):
     model = small_vit()
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
-        tokens = model.forward_features(x)
+        tokens = model.forward_tokens(x)
         fmap = model(x)
     h, w = size[0] // 16, size[1] // 16
     assert tokens.shape == (1, 1 + h * w, 64)
     assert fmap.shape == (1, 64, h, w)
-    assert model.out_channels == 64 and model.patch_size == 16
+    assert model.width == 64 and model.patch_size == 16
     assert torch.isfinite(fmap).all()
 
 
-def test_forward_is_ln_post_of_patch_tokens():
+def test_forward_is_the_final_norm_of_patch_tokens():
     model = small_vit()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        tokens = model.ln_post(model.forward_features(x)[:, 1:])
+        tokens = model.norm(model.forward_tokens(x)[:, 1:])
         fmap = model(x)
     assert torch.equal(fmap, tokens.transpose(1, 2).reshape(1, 64, 4, 6))
 
@@ -49,17 +48,17 @@ def reference_window_attention(attn, x, grid, ws):
     allowed = window_id[:, None] == window_id[None, :]
     allowed = torch.cat([torch.ones(h * w, 1, dtype=torch.bool), allowed], dim=1)  # every patch sees cls
     allowed = torch.cat([torch.ones(1, L, dtype=torch.bool), allowed], dim=0)  # cls sees all
-    q, k, v = F.linear(x, attn.in_proj.weight, attn.in_proj.bias).chunk(3, dim=-1)
+    q, k, v = F.linear(x, attn.qkv.weight, attn.qkv.bias).chunk(3, dim=-1)
     q, k, v = (t.view(B, L, attn.heads, -1).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-    return attn.out_proj(out.transpose(1, 2).reshape(B, L, C))
+    return attn.proj(out.transpose(1, 2).reshape(B, L, C))
 
 
 @pytest.mark.parametrize("grid", [(8, 8), (6, 7), (3, 5), (2, 2)])
 def test_window_attention_matches_masked_reference(grid):
     ws = 4
     model = small_vit(window_size=ws, global_blocks=())
-    attn = model.transformer.resblocks[0].attn
+    attn = model.blocks[0].attn
     x = torch.randn(2, 1 + grid[0] * grid[1], 64)
     with torch.no_grad():
         out = attn(x, grid)
@@ -74,23 +73,23 @@ def test_single_window_equals_global_attention():
     global_.load_state_dict(windowed.state_dict())
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        assert (windowed.forward_features(x) - global_.forward_features(x)).abs().max() < 1e-5
+        assert (windowed.forward_tokens(x) - global_.forward_tokens(x)).abs().max() < 1e-5
 
 
 def test_position_embedding_at_pretraining_size_is_identity():
     model = small_vit()
-    assert torch.equal(model._pos_embed((14, 14)), model.positional_embedding)
+    assert torch.equal(model._pos_embed((14, 14)), model.pos_embed)
     # Resizing reproduces a constant field and keeps the class token's embedding.
     const = torch.full((14, 14, 8), 0.5)
     assert torch.allclose(resize_pos_embed(const, (20, 30)), torch.full((20, 30, 8), 0.5), atol=1e-6)
     resized = model._pos_embed((20, 30))
-    assert resized.shape == (1 + 20 * 30, 64)
-    assert torch.equal(resized[0], model.positional_embedding[0])
+    assert resized.shape == (1, 1 + 20 * 30, 64)
+    assert torch.equal(resized[0, 0], model.pos_embed[0, 0])
 
 
 def test_input_size_must_be_a_multiple_of_the_patch_size():
     with pytest.raises(ValueError, match="multiple of the patch size 16"):
-        small_vit().forward_features(torch.randn(1, 3, 100, 96))
+        small_vit().forward_tokens(torch.randn(1, 3, 100, 96))
 
 
 def test_default_global_blocks():
@@ -107,7 +106,7 @@ def test_no_weight_decay_names_exist():
     model = small_vit()
     names = dict(model.named_parameters())
     assert model.no_weight_decay() <= names.keys()
-    assert model.no_weight_decay() == {"class_embedding", "positional_embedding"}
+    assert model.no_weight_decay() == {"cls_token", "pos_embed"}
 
 
 def test_every_parameter_gets_a_gradient_and_checkpointing_matches():
@@ -142,7 +141,6 @@ def test_drop_path_only_in_training():
 )
 def test_parameter_counts(name, width, heads, expected):
     with torch.device("meta"):
-        model = ViT(width=width, depth=12, heads=heads)
+        model = ViT(clip_config(width, 12, heads))
     count = sum(p.numel() for p in model.parameters())
-    print(f"{name}: {count:,} parameters")
-    assert count == expected
+    assert count == expected, f"{name}: {count:,} parameters"

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from plaindet.errors import DatasetError
 from plaindet.viz import PALETTE, _text_color, class_color, draw, run_show
 
 NAMES = ["cat", "dog", "bird", "car"]
@@ -149,8 +150,8 @@ def test_run_show_writes_one_png_per_image_and_a_grid(tmp_path, capsys):
 def test_run_show_fails_cleanly_on_a_bad_dataset(tmp_path, capsys):
     yaml = write_yolo(tmp_path / "ds")
     require_load_dataset(yaml)
-    assert run_show(tmp_path / "missing.yaml", tmp_path / "out", n=2) == 1
-    assert "error" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match="missing.yaml: no such file or folder"):
+        run_show(tmp_path / "missing.yaml", tmp_path / "out", n=2)
 
 
 def test_run_show_draws_crowd_regions_and_keeps_names_unique(tmp_path, monkeypatch, capsys):
@@ -180,6 +181,6 @@ def test_run_show_draws_crowd_regions_and_keeps_names_unique(tmp_path, monkeypat
     grid = Image.open(out / "grid.png")
     assert grid.width > 3 * 320 and grid.height > 320
 
-    assert run_show("bad", tmp_path / "out2") == 1
-    assert "bad: no such dataset" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match="bad: no such dataset"):
+        run_show("bad", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()

@@ -83,7 +83,12 @@ def apply_overrides(config: Any, overrides: dict[str, Any], where: str = "config
             changes[key] = apply_overrides(current, value, where=f"{where}.{key}")
         else:
             changes[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return dataclasses.replace(config, **changes)
+    try:
+        return dataclasses.replace(config, **changes)  # re-runs the config's own checks (__post_init__)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from plaindet.config import apply_overrides, from_dict
-from plaindet.errors import CheckpointError
+from plaindet.errors import CheckpointError, ConfigError, UserError
 import plaindet.models.deperceiver  # noqa: F401 (each family registers its variants on import)
 import plaindet.models.detr  # noqa: F401
 import plaindet.models.patchtok  # noqa: F401
@@ -42,7 +42,7 @@ def model_config(name: str, **overrides: Any) -> DetectionConfig:
     if name not in REGISTRY:
         close = difflib.get_close_matches(name, list(REGISTRY), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (available: {', '.join(sorted(REGISTRY))})")
+        raise ConfigError(f"unknown model {name!r}{hint} (available: {', '.join(sorted(REGISTRY))})")
     return apply_overrides(REGISTRY[name](), overrides, where=name)
 
 
@@ -62,7 +62,7 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
         overrides["num_classes"] = num_classes
         names = overrides.get("class_names")
         if names is not None and len(names) != num_classes:
-            raise ValueError(f"num_classes={num_classes} but {len(names)} class_names were given")
+            raise ConfigError(f"num_classes={num_classes} but {len(names)} class_names were given")
     elif overrides.get("class_names"):
         overrides["num_classes"] = len(overrides["class_names"])
     if "num_classes" in overrides:
@@ -108,6 +108,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
         config = read_config(meta, p, CHECKPOINT_FORMAT)
     try:
         model = model_from_state(config, state)
-    except (ValueError, TypeError) as e:
+    except UserError:
+        raise  # already says what to do (a missing extra, say)
+    except (ValueError, TypeError) as e:  # a config or weights that don't fit the model
         raise CheckpointError(f"{p}: {e}") from None
     return model.to(device)

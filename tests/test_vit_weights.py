@@ -1,4 +1,4 @@
-"""Loading CLIP weights in every supported layout, checked against transformers' CLIP vision model.
+"""Loading CLIP weights into the ViT in every supported layout, checked against transformers' CLIP vision model.
 
 The reference is a small random ``transformers`` CLIP model. The OpenAI/open_clip and timm layouts are
 produced from its weights by converters written here, independently of the code under test.
@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from plaindet.models.clip_weights import ClipWeightsError, convert_clip_state_dict, load_clip_weights, read_state_dict
-from plaindet.models.vit import ViT
+from plaindet.errors import WeightsError
+from plaindet.models.vit import ViT, clip_config
+from plaindet.models.vit_weights import convert_vit_state_dict, load_vit_weights
+from plaindet.weights import read_state_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -167,7 +169,7 @@ def layouts(clip_model, tower) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def global_vit(img_size: int = 224) -> ViT:
-    return ViT(img_size=img_size, patch_size=16, width=WIDTH, depth=DEPTH, heads=HEADS, window_size=0).eval()
+    return ViT(clip_config(WIDTH, DEPTH, HEADS, pretrain_size=img_size, window_size=0)).eval()
 
 
 # -- parity ----------------------------------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def test_reference_vision_model_matches_clip_model_tower(clip_model, tower, refe
 
 @pytest.mark.parametrize("source", ["dict", ".safetensors", ".bin"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_parity_with_transformers(layout, source, clip_model, layouts, reference, tmp_path):
+def test_parity_with_transformers(layout, source, clip_model, layouts, reference, tmp_path, measured):
     sd = layouts[layout]
     if source == ".safetensors":
         save_file(sd, tmp_path / "weights.safetensors")
@@ -192,34 +194,34 @@ def test_parity_with_transformers(layout, source, clip_model, layouts, reference
         torch.save(sd, tmp_path / "weights.bin")
         sd = str(tmp_path / "weights.bin")
     model = global_vit()
-    load_clip_weights(model, sd)
+    load_vit_weights(model, sd)
 
     x, hidden, pooled = reference
     with torch.no_grad():
-        tokens = model.forward_features(x)
+        tokens = model.forward_tokens(x)
         fmap = model(x)
     diff = (tokens - hidden).abs().max().item()
-    print(f"{layout} from {source}: max abs diff {diff:.2e}")
+    measured(f"CLIP ViT vs transformers CLIPVisionModel, {layout} from {source}: max abs diff", diff)
     assert diff < 1e-4
-    # pooler_output is post_layernorm(class token); forward() applies the same ln_post to the patches.
-    assert (model.ln_post(tokens[:, 0]) - pooled).abs().max() < 1e-4
+    # pooler_output is post_layernorm(class token); forward() applies the same norm to the patches.
+    assert (model.norm(tokens[:, 0]) - pooled).abs().max() < 1e-4
     post = clip_model.vision_model.post_layernorm(hidden[:, 1:])
     assert (fmap.flatten(2).transpose(1, 2) - post).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("layout", ["transformers CLIPModel", "openai CLIP (visual.*)", "timm"])
 def test_layout_detection(layout, layouts):
-    _, detected = convert_clip_state_dict(layouts[layout])
+    _, detected = convert_vit_state_dict(layouts[layout])
     assert detected == layout.split()[0]
 
 
 def test_wrapped_ddp_checkpoint(clip_model, tower, reference):
     sd = {f"module.{k}": v for k, v in to_openai_clip(tower).items()}
     model = global_vit()
-    load_clip_weights(model, {"state_dict": sd, "epoch": 3})
+    load_vit_weights(model, {"state_dict": sd, "epoch": 3})
     x, hidden, _ = reference
     with torch.no_grad():
-        assert (model.forward_features(x) - hidden).abs().max() < 1e-4
+        assert (model.forward_tokens(x) - hidden).abs().max() < 1e-4
 
 
 # -- resolution ------------------------------------------------------------------------------------------------------
@@ -231,26 +233,26 @@ def test_position_embedding_resized_at_load(tower):
     g = torch.randn(1 + 18 * 18, WIDTH)
     sd["positional_embedding"] = g
     model = global_vit()
-    load_clip_weights(model, sd)
+    load_vit_weights(model, sd)
     grid = g[1:].reshape(1, 18, 18, WIDTH).permute(0, 3, 1, 2)
     expected = F.interpolate(grid, size=(14, 14), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
-    assert torch.equal(model.positional_embedding[0], g[0])
-    assert torch.allclose(model.positional_embedding[1:], expected.reshape(196, WIDTH), atol=1e-6)
+    assert torch.equal(model.pos_embed[0, 0], g[0])
+    assert torch.allclose(model.pos_embed[0, 1:], expected.reshape(196, WIDTH), atol=1e-6)
 
 
 def test_resize_at_load_equals_resize_at_run_time(tower):
     # Loading a 224 px checkpoint into a 320 px model, or running the 224 px model at 320 px, is the same.
     at_224, at_320 = global_vit(224), global_vit(320)
-    load_clip_weights(at_224, to_openai_visual(tower))
-    load_clip_weights(at_320, to_openai_visual(tower))
+    load_vit_weights(at_224, to_openai_visual(tower))
+    load_vit_weights(at_320, to_openai_visual(tower))
     x = torch.randn(1, 3, 320, 320)
     with torch.no_grad():
-        assert (at_224.forward_features(x) - at_320.forward_features(x)).abs().max() < 1e-5
+        assert (at_224.forward_tokens(x) - at_320.forward_tokens(x)).abs().max() < 1e-5
 
 
 def test_window_attention_model_loads_and_runs(tower):
-    model = ViT(img_size=224, width=WIDTH, depth=DEPTH, heads=HEADS, window_size=14).eval()
-    load_clip_weights(model, to_timm(tower))
+    model = ViT(clip_config(WIDTH, DEPTH, HEADS, window_size=14)).eval()
+    load_vit_weights(model, to_timm(tower))
     with torch.no_grad():
         assert model(torch.randn(1, 3, 320, 480)).shape == (1, WIDTH, 20, 30)
 
@@ -263,31 +265,31 @@ def test_window_attention_model_loads_and_runs(tower):
     [(dict(width=96, heads=4), "width 64, depth 4.*model has width 96"), (dict(depth=3), "depth 4.*depth 3")],
 )
 def test_architecture_mismatch(tower, kwargs, message):
-    model = ViT(**(dict(width=WIDTH, depth=DEPTH, heads=HEADS) | kwargs))
-    with pytest.raises(ClipWeightsError, match=message):
-        load_clip_weights(model, to_openai_visual(tower))
+    model = ViT(clip_config(**(dict(width=WIDTH, depth=DEPTH, heads=HEADS) | kwargs)))
+    with pytest.raises(WeightsError, match=message):
+        load_vit_weights(model, to_openai_visual(tower))
 
 
 def test_missing_and_unexpected_keys_are_listed(tower):
     sd = to_openai_clip(tower)
     del sd["visual.transformer.resblocks.1.ln_2.bias"]
     sd["visual.transformer.resblocks.0.attn.bogus"] = torch.zeros(1)
-    with pytest.raises(ClipWeightsError) as err:
-        load_clip_weights(global_vit(), sd)
+    with pytest.raises(WeightsError) as err:
+        load_vit_weights(global_vit(), sd)
     message = str(err.value)
-    assert "missing keys transformer.resblocks.1.ln_2.bias" in message
+    assert "missing keys blocks.1.norm2.bias" in message
     assert "unexpected keys transformer.resblocks.0.attn.bogus" in message
 
 
 def test_incomplete_qkv_is_reported(tower):
     sd = {f"vision_model.{k}": v for k, v in tower.items() if k != "encoder.layers.2.self_attn.k_proj.weight"}
-    with pytest.raises(ClipWeightsError, match=re.escape("transformer.resblocks.2.attn.in_proj.weight")):
-        load_clip_weights(global_vit(), sd)
+    with pytest.raises(WeightsError, match=re.escape("blocks.2.attn.qkv.weight")):
+        load_vit_weights(global_vit(), sd)
 
 
 def test_unknown_layout():
-    with pytest.raises(ClipWeightsError, match="unrecognized checkpoint layout.*encoder.weight"):
-        load_clip_weights(global_vit(), {"encoder.weight": torch.zeros(1)})
+    with pytest.raises(WeightsError, match="unrecognized ViT checkpoint layout.*encoder.weight"):
+        load_vit_weights(global_vit(), {"encoder.weight": torch.zeros(1)})
 
 
 class NotATensor:
@@ -300,7 +302,7 @@ class NotATensor:
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.bin"
     torch.save({"conv1.weight": torch.zeros(1), "extra": NotATensor()}, path)
-    with pytest.raises(ClipWeightsError, match="pickled Python objects.*refused"):
+    with pytest.raises(WeightsError, match="pickled Python objects.*refused"):
         read_state_dict(path)
 
 
@@ -308,15 +310,15 @@ def test_pickled_code_is_refused(tmp_path):
 def test_torchscript_archive_is_refused(tmp_path):
     path = tmp_path / "ViT-B-16.pt"
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
-    with pytest.raises(ClipWeightsError, match="TorchScript"):
+    with pytest.raises(WeightsError, match="TorchScript"):
         read_state_dict(path)
 
 
 def test_directory_with_hub_file_names(tmp_path, tower):
     save_file({k: v.contiguous() for k, v in to_timm(tower).items()}, tmp_path / "model.safetensors")
     model = global_vit()
-    load_clip_weights(model, tmp_path)
-    assert torch.equal(model.conv1.weight, tower["embeddings.patch_embedding.weight"])
+    load_vit_weights(model, tmp_path)
+    assert torch.equal(model.patch_embed.proj.weight, tower["embeddings.patch_embedding.weight"])
     with pytest.raises(FileNotFoundError, match="without any of the weight files"):
         read_state_dict(tmp_path / "..")
 
@@ -337,7 +339,7 @@ def test_offline_hub_id_error(monkeypatch):
         raise LocalEntryNotFoundError("Connection error, and the file is not in the local cache")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(ClipWeightsError) as err:
+    with pytest.raises(WeightsError) as err:
         read_state_dict("openai/clip-vit-base-patch16")
     message = str(err.value)
     print(message)
@@ -362,5 +364,5 @@ def test_hub_falls_back_to_other_file_names(monkeypatch, tmp_path, tower):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     model = global_vit()
-    load_clip_weights(model, "hf-hub:laion/some-clip-model")
-    assert torch.equal(model.conv1.weight, tower["embeddings.patch_embedding.weight"])
+    load_vit_weights(model, "hf-hub:laion/some-clip-model")
+    assert torch.equal(model.patch_embed.proj.weight, tower["embeddings.patch_embedding.weight"])
