@@ -73,35 +73,39 @@ def _same_labels(a, b) -> tuple[int, float]:
     return n, worst
 
 
-def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettings()) -> int:
-    """Run the demo, writing everything under ``out``; returns a process exit code."""
-    import torch
-    from rich.console import Console
+def demo_config(settings: DemoSettings, data_dir: str | Path, out: str | Path, seed: int = 0):
+    """The :class:`~plaindet.engine.train_config.TrainConfig` of the demo's training run (its recipe)."""
+    from plaindet.engine.train_config import TrainConfig
 
+    s = settings
+    return TrainConfig(
+        model="plaindet-t",
+        data=str(data_dir),
+        val_split="valid",
+        out=str(out),
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        image_size=s.image_size,
+        lr=s.lr,
+        min_lr_ratio=s.min_lr_ratio,
+        seed=seed,
+        eval_every=0,  # the demo evaluates once, at the end: evaluation time is training time lost
+        # image_size: the size the saved model predicts at by default (training runs at cfg.image_size).
+        model_overrides={"backbone": {"window_size": s.window_size}, "quality_targets": s.quality_targets, "image_size": s.eval_size},
+        augment={"crop": 0.0, "zoom_out": 0.0},
+    )
+
+
+def _check_and_convert(console, data_dir: Path, out: Path) -> bool:
+    """Stages 1 and 2: check every split, convert COCO -> YOLO -> COCO and compare. False if a split fails."""
     from plaindet.data import load_dataset
     from plaindet.data.check import check_dataset
     from plaindet.data.convert import convert_dataset
-    from plaindet.data.shapes import ensure_shapes
-    from plaindet.detections import predict_dataset
-    from plaindet.engine.evaluate import evaluate_coco, plot_pr_curves
-    from plaindet.engine.train import train
-    from plaindet.engine.train_config import TrainConfig
-    from plaindet.models.factory import load_model
-    from plaindet.viz import draw
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    console = Console()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    s = settings
-
-    console.rule("1. data: the built-in shapes dataset")
-    data_dir = ensure_shapes(out / "data" / "shapes", train=s.train_images, val=s.val_images, test=s.test_images, seed=seed)
     for check in check_dataset(data_dir):
         if check.dataset is None:
             console.print(f"[red]  {check.split}: {check.error}[/red]")
-            return 1
+            return False
         ds = check.dataset
         boxes = sum(len(x.boxes) for x in ds)
         console.print(f"  {check.split}: {len(ds)} images, {boxes} boxes, classes {ds.class_names}, problems: {ds.report.summary()}")
@@ -114,6 +118,33 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
     convert_dataset(yolo_dir, "coco", coco_dir)
     n, worst = _same_labels(load_dataset(data_dir, split="valid"), load_dataset(coco_dir, split="val"))
     console.print(f"  {n} validation boxes survive the round trip; largest coordinate change {worst:.2e} px")
+    return True
+
+
+def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettings()) -> int:
+    """Run the demo, writing everything under ``out``; returns a process exit code."""
+    import torch
+    from rich.console import Console
+
+    from plaindet.data import load_dataset
+    from plaindet.data.shapes import ensure_shapes
+    from plaindet.detections import predict_dataset
+    from plaindet.engine.evaluate import evaluate_coco, plot_pr_curves
+    from plaindet.engine.train import train
+    from plaindet.models.factory import load_model
+    from plaindet.viz import draw
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    console = Console()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    s = settings
+
+    console.rule("1. data: the built-in shapes dataset")
+    data_dir = ensure_shapes(out / "data" / "shapes", train=s.train_images, val=s.val_images, test=s.test_images, seed=seed)
+    if not _check_and_convert(console, data_dir, out):
+        return 1
 
     console.rule("3. labeled samples")
     # The test split: no setting of the demo was chosen on it (DemoSettings were chosen on "valid").
@@ -126,23 +157,7 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
 
     console.rule(f"4. training plaindet-t for {s.epochs} epochs on {s.train_images} images")
     torch.manual_seed(seed)
-    cfg = TrainConfig(
-        model="plaindet-t",
-        data=str(data_dir),
-        val_split="valid",
-        out=str(out / "run"),
-        epochs=s.epochs,
-        batch_size=s.batch_size,
-        image_size=s.image_size,
-        lr=s.lr,
-        min_lr_ratio=s.min_lr_ratio,
-        seed=seed,
-        eval_every=0,  # the demo evaluates once, below: evaluation time is training time lost
-        # image_size: the size the saved model predicts at by default (training runs at cfg.image_size).
-        model_overrides={"backbone": {"window_size": s.window_size}, "quality_targets": s.quality_targets, "image_size": s.eval_size},
-        augment={"crop": 0.0, "zoom_out": 0.0},
-    )
-    train(cfg)
+    train(demo_config(s, data_dir, out / "run", seed))
 
     console.rule(f"5. evaluation on the {len(test)} test images at {s.eval_size} px")
     model = load_model(out / "run" / "best.safetensors")
@@ -160,13 +175,7 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
         draw(path, det.boxes, det.labels, det.scores, class_names=model.config.class_names).save(pred_dir / f"{path.stem}.png")
 
     elapsed = time.time() - start
-    summary = {
-        "AP": metrics.stats["AP"],
-        "AP50": metrics.stats["AP50"],
-        "AP75": metrics.stats["AP75"],
-        "test_images": len(test),
-        "wall_time_s": round(elapsed, 1),
-    }
+    summary = {"AP": metrics.stats["AP"], "AP50": metrics.stats["AP50"], "AP75": metrics.stats["AP75"], "test_images": len(test), "wall_time_s": round(elapsed, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     console.rule("summary")
     console.print(

@@ -226,7 +226,6 @@ def quantize_onnx(
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     model = onnx.load(src)
-
     if mode == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -235,21 +234,38 @@ def quantize_onnx(
         half = convert_float_to_float16(model, keep_io_types=True, node_block_list=prediction_nodes(model))
         _drop_duplicate_casts(half)
         onnx.save(half, dst)
-        _copy_metadata(model, dst, mode)
-        return dst
+    else:
+        methods = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+        if mode == "int8-static" and not calib_images:
+            raise ValueError("int8-static quantization needs calibration images (calib_images=...)")
+        if calibrate_method not in methods:
+            raise ValueError(f"calibrate_method must be one of {sorted(methods)}, got {calibrate_method!r}")
+        _to_int8(
+            model, src, dst, mode, calib_images=calib_images, per_channel=per_channel, keep_output_layers=keep_output_layers,
+            quantize_attention=quantize_attention, calibrate_method=methods[calibrate_method], nodes_to_exclude=nodes_to_exclude,
+            extra_options=extra_options or {},
+        )  # fmt: skip
+    _copy_metadata(model, dst, mode)
+    return dst
 
-    methods = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
-    if mode == "int8-static" and not calib_images:
-        raise ValueError("int8-static quantization needs calibration images (calib_images=...)")
-    if calibrate_method not in methods:
-        raise ValueError(f"calibrate_method must be one of {sorted(methods)}, got {calibrate_method!r}")
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+
+def _to_int8(
+    model: Any,
+    src: Path,
+    dst: Path,
+    mode: str,
+    *,
+    calib_images: Sequence[Any] | None,
+    per_channel: bool,
+    keep_output_layers: bool,
+    quantize_attention: bool,
+    calibrate_method: str,
+    nodes_to_exclude: Sequence[str],
+    extra_options: dict[str, Any],
+) -> None:
+    """The int8 modes of :func:`quantize_onnx` (``calibrate_method``: onnxruntime's name, e.g. ``MinMax``)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -269,28 +285,21 @@ def quantize_onnx(
                 per_channel=per_channel,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude,
-                extra_options={"MatMulConstBOnly": True, **(extra_options or {})},
+                extra_options={"MatMulConstBOnly": True, **extra_options},
             )
-        else:
-            meta = {p.key: p.value for p in model.metadata_props}
-            reader = ImageCalibrationReader(
-                calib_images,
-                model.graph.input[0].name,
-                int(meta["image_size"]),
-                tuple(json.loads(meta["input_size"])),
-            )
-            quantize_static(
-                str(prepared),
-                str(dst),
-                reader,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(STATIC_OP_TYPES),
-                per_channel=per_channel,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude,
-                calibrate_method=getattr(CalibrationMethod, methods[calibrate_method]),
-                extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"], **(extra_options or {})},
-            )
-    _copy_metadata(model, dst, mode)
-    return dst
+            return
+        meta = {p.key: p.value for p in model.metadata_props}
+        reader = ImageCalibrationReader(calib_images, model.graph.input[0].name, int(meta["image_size"]), tuple(json.loads(meta["input_size"])))
+        quantize_static(
+            str(prepared),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(STATIC_OP_TYPES),
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            calibrate_method=getattr(CalibrationMethod, calibrate_method),
+            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"], **extra_options},
+        )
