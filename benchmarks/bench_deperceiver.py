@@ -13,8 +13,9 @@ Two tables, batch 1, random weights (time and memory do not depend on the values
    encoder runs with more than ``--max-tokens`` tokens are skipped (minutes on a CPU).
 
 Each configuration runs in a fresh subprocess, so its memory high-water mark is its own. Memory on
-CPU is the process's peak resident set (``ru_maxrss``) minus the resident set once the model is
-built: what the forward pass adds. On CUDA it is ``torch.cuda.max_memory_allocated`` over the
+CPU is the process's peak resident set (``VmHWM``, :func:`plaindet.export.benchmark.peak_rss_mb`:
+``ru_maxrss`` would carry this script's own peak into the child) minus the resident set once the
+model is built: what the forward pass adds. On CUDA it is ``torch.cuda.max_memory_allocated`` over the
 forward, minus what was allocated before it. Time is the median of ``--repeats`` forwards after one
 warm-up, inside ``torch.inference_mode``.
 """
@@ -25,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,16 +42,17 @@ def worker(kind: str, name: str, size: int, stride: int, threads: int, repeats: 
     """One measurement in this (fresh) process; returns ms, peak and added MiB."""
     import torch
 
-    import plaindet
+    from plaindet.export.benchmark import peak_rss_mb
     from plaindet.models.deperceiver import PerceiverEncoder
     from plaindet.models.detr import TransformerEncoder, sine_position_embedding
+    from plaindet.models.factory import create_model
 
     logging.getLogger("plaindet").setLevel(logging.ERROR)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
     if kind == "model":
-        module = plaindet.create_model(name, num_classes=80).eval().to(dev)
+        module = create_model(name, num_classes=80).eval().to(dev)
         inputs = (torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=dev),)
         tokens = (size // 32) ** 2
     else:
@@ -83,7 +84,7 @@ def worker(kind: str, name: str, size: int, stride: int, threads: int, repeats: 
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        peak = peak_rss_mb()
     return {"ms": statistics.median(times) * 1000, "peak": peak, "added": peak - base, "tokens": tokens}
 
 

@@ -8,8 +8,9 @@ bf16 (autocast) and ONNX Runtime fp32, int8 static (calibrated on ``--calib-imag
 images preprocessed like inference; also with the attention products left in float, and with
 per-tensor weights), int8 dynamic and fp16:
 
-- AP and its change from PyTorch fp32 on the shapes validation split, at the size the model was
-  trained at (the ONNX files for AP are exported at that size);
+- AP and its change from PyTorch fp32 on the shapes test split (no setting is chosen on it), at
+  the size the model was trained at (the ONNX files for AP are exported at that size); every
+  variant is scored through the same :func:`plaindet.detections.predict_dataset`;
 - file size and latency at ``--size`` (batch 1, each backend in a fresh process, as
   ``plaindet benchmark`` does; the files are exported and calibrated again at that size).
 
@@ -37,7 +38,8 @@ VARIANTS = {
 
 
 def train_model(out: Path, size: int, train_images: int, epochs: int, window: int, minutes: float) -> Path:
-    from plaindet.engine.train import TrainConfig, train
+    from plaindet.engine.train import train
+    from plaindet.engine.train_config import TrainConfig
 
     cfg = TrainConfig(
         model="plaindet-s",
@@ -56,6 +58,7 @@ def train_model(out: Path, size: int, train_images: int, epochs: int, window: in
         augment={"crop": 0.0, "zoom_out": 0.0},
         shapes_train=train_images,
         shapes_val=200,
+        shapes_test=200,
         shapes_dir=str(out / "shapes"),
     )
     start = time.time()
@@ -98,26 +101,26 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
 
-    import plaindet
     from plaindet.data import load_dataset
+    from plaindet.detections import predict_dataset
     from plaindet.engine.evaluate import evaluate_coco
-    from plaindet.engine.validate import evaluate_model
     from plaindet.export.benchmark import WorkerSpec, _run_worker
-    from plaindet.export.ort import OnnxDetector, onnx_coco_results
+    from plaindet.export.ort import OnnxDetector
     from plaindet.export.quantize import calibration_images
+    from plaindet.models.factory import load_model
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = Path(args.weights) if args.weights else train_model(out, args.train_size, args.train_images, args.epochs, args.window, args.train_minutes)
-    model = plaindet.load(weights).eval()
+    model = load_model(weights).eval()
     shapes_root = out / "shapes"
-    if not (shapes_root / "valid").is_dir():
+    if not (shapes_root / "test").is_dir():
         from plaindet.data.shapes import ensure_shapes
 
-        ensure_shapes(shapes_root, train=args.train_images, val=200, seed=0)
-    val = load_dataset(shapes_root, split="valid")
+        ensure_shapes(shapes_root, train=args.train_images, val=200, test=200, seed=0)
+    test = load_dataset(shapes_root, split="test")
     calib_paths = calibration_images(shapes_root, args.calib_images, split="train")
 
     print(f"latency at {args.size} px, batch 1, {args.threads} threads ...")
@@ -132,15 +135,17 @@ def main() -> None:
         result = _run_worker(WorkerSpec("ort", name, onnx=str(path), **common))
         rows.append((f"onnxruntime {name}", path.stat().st_size / 2**20, result))
 
-    print(f"AP on {len(val)} shapes validation images at {args.train_size} px ...")
-    ap = {
-        "pytorch fp32": evaluate_model(model, val, image_size=args.train_size).stats["AP"],
-        "pytorch bf16": evaluate_model(model, val, image_size=args.train_size, amp_dtype=torch.bfloat16).stats["AP"],
-    }
+    print(f"AP on {len(test)} shapes test images at {args.train_size} px ...")
+
+    def test_ap(predictor) -> float:
+        return evaluate_coco(test, predict_dataset(predictor, test, image_size=args.train_size)).stats["AP"]
+
+    ap = {"pytorch fp32": test_ap(model)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # predict's forward runs under the caller's autocast
+        ap["pytorch bf16"] = test_ap(model)
     small = build_variants(model, out, args.train_size, calib_paths, f"ap{args.train_size}", args.variants)
     for name, path in small.items():
-        detector = OnnxDetector(path, threads=args.threads)
-        ap[f"onnxruntime {name}"] = evaluate_coco(val, onnx_coco_results(detector, val)).stats["AP"]
+        ap[f"onnxruntime {name}"] = test_ap(OnnxDetector(path, threads=args.threads))
         print(f"  onnxruntime {name}: AP {ap[f'onnxruntime {name}']:.4f}")
 
     import statistics
@@ -148,7 +153,7 @@ def main() -> None:
     base_ap = ap["pytorch fp32"]
     ort_fp32 = statistics.median(next(r for n, _, r in rows if n == "onnxruntime fp32")["times"])
     print(
-        f"\nplaindet-s ({weights}); AP: shapes val, {len(val)} images, {args.train_size} px; latency: "
+        f"\nplaindet-s ({weights}); AP: shapes test, {len(test)} images, {args.train_size} px; latency: "
         f"{args.size}x{args.size}, batch 1, {args.threads} threads, {args.runs} runs"
     )
     print(f"{'variant':<36} {'size MB':>8} {'median ms':>10} {'p90 ms':>8} {'vs ORT fp32':>12} {'peak RSS MB':>12} {'AP':>7} {'dAP':>8}")

@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from plaindet.data.sample import DetectionDataset, Sample
-from plaindet.engine.evaluate import coco_ground_truth, coco_results, evaluate_coco
+from plaindet.data.coco import coco_dict
+from plaindet.engine.evaluate import coco_results, evaluate_coco
 
 
 def synthesize(num_images: int, num_classes: int, seed: int) -> tuple[DetectionDataset, list[dict]]:
@@ -78,7 +79,7 @@ def main() -> None:
     print(f"{len(dataset)} images, {boxes} boxes, {args.classes} classes, {len(predictions)} predictions\n")
 
     # The two steps of ours that run in Python before the C++ evaluation, timed alone for reference.
-    t_gt, gt = timed(lambda: coco_ground_truth(dataset), args.repeat)
+    t_gt, gt = timed(lambda: coco_dict(dataset), args.repeat)
     image_ids, cat_ids = {i["id"] for i in gt["images"]}, set(dataset.category_ids)
     t_val, _ = timed(lambda: coco_results(predictions, image_ids, cat_ids), args.repeat)
 

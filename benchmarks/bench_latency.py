@@ -2,7 +2,8 @@
 
     python benchmarks/bench_latency.py [--size 640] [--threads 2] [--models plaindet-t plaindet-s plaindet-b]
 
-Prints a table: median and p90 latency per image at batch 1, fp32 and bf16 autocast. The models
+Prints a table: parameters (counted as ``plaindet models`` counts them, training-only auxiliary head
+included), then median and p90 latency per image at batch 1, fp32 and bf16 autocast. The models
 have random weights: latency does not depend on the weight values. Each model runs its warm-up
 first; the machine is noisy, so compare numbers from the same run.
 """
@@ -38,6 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import plaindet
+    from plaindet.models.factory import count_parameters
 
     logging.getLogger("plaindet").setLevel(logging.ERROR)  # random-weight warnings are expected here
     torch.set_num_threads(args.threads)
@@ -47,7 +49,7 @@ def main() -> None:
     print(f"{'model':<12} {'params':>8} {'fp32 median':>12} {'fp32 p90':>10} {'bf16 median':>12} {'bf16 p90':>10}")
     for name in args.models:
         model = plaindet.create_model(name, num_classes=80).eval()
-        params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("aux_head.")) / 1e6
+        params = count_parameters(model.config) / 1e6
         row = [f"{name:<12}", f"{params:>7.1f}M"]
         for dtype in (None, torch.bfloat16):
             t = sorted(measure(model, x, dtype, args.repeats, args.warmup))

@@ -9,7 +9,7 @@ decoder outputs of a batch (``layers`` x ``batch`` problems of ``queries`` x ``t
 - **DETR loop**: what DETR, RT-DETR, D-FINE and RF-DETR run: per decoder layer, one cost matrix of
   every query of the batch against every target of the batch (``B*Q x sum(G)``, of which only the
   diagonal blocks are used), a device-to-host copy, and scipy per image.
-- **batched exact**: plaindet's :class:`~plaindet.models.detr_criterion.SetCriterion` matching: all
+- **batched exact**: plaindet's :class:`~plaindet.models.set_criterion.SetCriterion` matching: all
   layers and images in one tensor op on padded targets, one copy to the host, scipy per problem, one
   copy back. Same (exact) assignments.
 - **batched Sinkhorn**: the same cost tensor solved by log-domain entropic OT on the device, with
@@ -31,7 +31,7 @@ import time
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from plaindet.models.detr_criterion import SetCriterion, SetLossConfig, pad_targets
+from plaindet.models.set_criterion import SetCriterion, SetLossConfig, pad_targets
 from plaindet.ops.boxes import cxcywh_to_xyxy, generalized_box_iou
 
 

@@ -6,14 +6,13 @@ One full optimizer step as the engine runs it (autocast forward, loss with match
 gradient clipping, AdamW step, EMA update) on batches of random 640x640 images with 5 random boxes
 each, backbone trainable (as when built without pretrained weights) and frozen (as with CLIP
 weights). Each configuration runs in a fresh child process, so its peak resident memory
-(``ru_maxrss``) is its own. Prints images per second and peak memory, fp32 against bf16 autocast.
+(``VmHWM``, :func:`plaindet.export.benchmark.peak_rss_mb`) is its own. Prints images per second and peak memory, fp32 against bf16 autocast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -24,11 +23,13 @@ def child(model_name: str, amp: str, size: int, batch: int, threads: int, steps:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    import plaindet
     from plaindet.engine.ema import ModelEMA
-    from plaindet.engine.train import TrainConfig, param_groups
+    from plaindet.engine.train import param_groups
+    from plaindet.engine.train_config import TrainConfig
+    from plaindet.export.benchmark import peak_rss_mb
+    from plaindet.models.factory import create_model
 
-    model = plaindet.create_model(model_name, num_classes=80, image_size=size)
+    model = create_model(model_name, num_classes=80, image_size=size)
     if frozen:
         model.set_backbone_trainable(False)
     model.train()
@@ -58,7 +59,7 @@ def child(model_name: str, amp: str, size: int, batch: int, threads: int, steps:
             times.append(time.perf_counter() - t)
     times.sort()
     median = times[len(times) // 2]
-    return {"img_s": batch / median, "step_s": median, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"img_s": batch / median, "step_s": median, "peak_mb": peak_rss_mb()}
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from plaindet.data import load_dataset
-    from plaindet.engine.train import TrainConfig, train
+    from plaindet.engine.train import train
+    from plaindet.engine.train_config import TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)

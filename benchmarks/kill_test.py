@@ -38,7 +38,7 @@ def saving(out: Path) -> bool:
 def check_checkpoints(out: Path) -> int:
     """Every checkpoint on disk loads as a model and as a training state; returns how many."""
     import plaindet
-    from plaindet.engine.checkpoint import TrainState
+    from plaindet.engine.train_state import TrainState
 
     n = 0
     for p in sorted(out.glob("*.safetensors")):
@@ -58,7 +58,7 @@ def main() -> int:
 
     from plaindet.config import to_dict
     from plaindet.data.shapes import ensure_shapes
-    from plaindet.engine.train import TrainConfig
+    from plaindet.engine.train_config import TrainConfig
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="plaindet-kill-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def main() -> int:
     for kill, mode, at, mid, n in rows:
         print(f"{kill:>4}  {mode:>8}  {at:>12}  {mid:>16}  {str(n) + ' of ' + str(n):>16}")
 
-    from plaindet.checkpoint import read_safetensors
+    from plaindet.weights import read_safetensors
 
     a, _ = read_safetensors(ref / "last.safetensors")
     b, _ = read_safetensors(run / "last.safetensors")

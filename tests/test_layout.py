@@ -139,3 +139,26 @@ def test_training_options_are_the_config_fields(command, configs):
         assert f"--{name.replace('_', '-')}" in option.opts
     # Fields without a command-line option (lists, mappings) are reachable through --set.
     assert {f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("cli")} == {"step_epochs", "scales", "model_overrides", "augment"}
+
+
+def test_benchmark_scripts_import_only_what_exists():
+    """The benchmarks are scripts no test runs whole (they take minutes to hours): at least every
+    ``from plaindet... import name`` in them, at any depth, names something that exists."""
+    import importlib
+
+    scripts = sorted((PACKAGE.parents[1] / "benchmarks").glob("*.py"))
+    if not scripts:
+        pytest.skip("no benchmarks folder beside the package (an installed copy)")
+    missing = []
+    for script in scripts:
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("plaindet"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                        missing.append(f"{script.name}: {node.module}.{alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("plaindet") and importlib.util.find_spec(alias.name) is None:
+                        missing.append(f"{script.name}: {alias.name}")
+    assert missing == []

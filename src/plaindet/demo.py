@@ -121,8 +121,9 @@ def _check_and_convert(console, data_dir: Path, out: Path) -> bool:
     return True
 
 
-def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettings()) -> int:
-    """Run the demo, writing everything under ``out``; returns a process exit code."""
+def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings | None = None) -> int:
+    """Run the demo, writing everything under ``out``; returns a process exit code.
+    ``settings``: the sizes and recipe (default: :class:`DemoSettings`)."""
     import torch
     from rich.console import Console
 
@@ -139,7 +140,7 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings = DemoSettin
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    s = settings
+    s = settings or DemoSettings()
 
     console.rule("1. data: the built-in shapes dataset")
     data_dir = ensure_shapes(out / "data" / "shapes", train=s.train_images, val=s.val_images, test=s.test_images, seed=seed)

@@ -12,6 +12,7 @@ found before training trips over them.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -168,6 +169,7 @@ def run_check(
     from rich.markup import escape
 
     console = console or Console()
+    start = time.perf_counter()
     fmt = detect_format(path)
     names = list(splits) if splits else list_splits(path)
     checks = []
@@ -180,10 +182,11 @@ def run_check(
     for check in checks:
         _print_split(console, check, max_problems)
     failed = [c.split for c in checks if c.failed]
+    took = f" ({time.perf_counter() - start:.1f} s)"
     if failed:
-        console.print(f"[bold red]errors found[/] in {', '.join(failed)}; see the problems listed above.")
+        console.print(f"[bold red]errors found[/] in {', '.join(failed)}; see the problems listed above.{took}")
         return 1
-    console.print("[green]no errors found[/]")
+    console.print(f"[green]no errors found[/]{took}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Every backend runs in a fresh Python process (a *worker*, this module run with ``--worker``), so
 each one's peak memory is its own: the worker's peak resident set size (``VmHWM``, see
-:func:`_peak_rss_mb`) after importing its backend, loading the model and running it. It is the
+:func:`peak_rss_mb`) after importing its backend, loading the model and running it. It is the
 whole process, interpreter and libraries included (an ONNX Runtime worker imports onnxruntime and
 numpy, never torch), which is what a deployment pays. The parent process only exports and
 quantizes the ONNX files.
@@ -75,7 +75,7 @@ class WorkerSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's peak resident set size.
 
     On Linux it is ``VmHWM`` from ``/proc/self/status``, the high-water mark of this process image:
@@ -147,7 +147,7 @@ def _worker(spec: WorkerSpec) -> dict[str, Any]:
         h, w = detector.input_size
         images = np.random.default_rng(0).integers(0, 256, (spec.batch, 3, h, w), dtype=np.uint8)
         times = _time_calls(lambda: detector(images), spec.runs, spec.warmup)
-        return {"times": times, "peak_rss_mb": _peak_rss_mb()}
+        return {"times": times, "peak_rss_mb": peak_rss_mb()}
 
     import torch
 
@@ -178,7 +178,7 @@ def _worker(spec: WorkerSpec) -> dict[str, Any]:
     dtype = torch.bfloat16 if spec.precision == "bf16" else None
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
         times = _time_calls(call, spec.runs, spec.warmup)
-    return {"times": times, "peak_rss_mb": _peak_rss_mb(), "weights_mb": weights_mb}
+    return {"times": times, "peak_rss_mb": peak_rss_mb(), "weights_mb": weights_mb}
 
 
 def _run_worker(spec: WorkerSpec) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from plaindet.errors import require_extra
+from plaindet.errors import DatasetError, require_extra
 
 MODES = ("int8-static", "int8-dynamic", "fp16")
 # The ops whose inputs are quantized in int8-static; everything else stays float.
@@ -106,7 +106,7 @@ def calibration_images(data: str | os.PathLike, count: int, *, split: str = "tra
 
         paths = [s.image_path for s in load_dataset(path, split=split)]
     if not paths:
-        raise ValueError(f"{data}: no images to calibrate on")
+        raise DatasetError(f"{data}: no images to calibrate on")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(paths), size=min(count, len(paths)), replace=False)
     return [paths[i] for i in sorted(chosen)]
