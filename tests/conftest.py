@@ -161,10 +161,11 @@ def make_voc(tmp_path, make_image):
 _MEASURED: list[tuple[str, str]] = []
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def measured():
     """``measured(what, value)``: record a figure (a float is printed with 3 significant digits) for
-    the "measured values" section at the end of the pytest run."""
+    the "measured values" section at the end of the pytest run. Session-scoped, so a module-scoped
+    fixture can report a figure gathered over its module's tests."""
 
     def record(what: str, value) -> None:
         _MEASURED.append((what, f"{value:.3g}" if isinstance(value, float) else str(value)))

@@ -155,11 +155,24 @@ def pycocotools_stats(gt: dict, results: list) -> np.ndarray:
     return np.asarray(pycocotools_eval(gt, results).stats[:12], dtype=np.float64)
 
 
+_LARGEST_DIFF = {"value": 0.0, "stats": 0}  # over every stat compared in this module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_the_largest_difference(measured):
+    yield
+    if _LARGEST_DIFF["stats"]:
+        what = f"COCO eval vs pycocotools, {_LARGEST_DIFF['stats']} stats compared: max abs diff"
+        measured(what, _LARGEST_DIFF["value"])
+
+
 def assert_matches_pycocotools(metrics, gt: dict, results: list) -> None:
     ref = pycocotools_stats(gt, results)
     ours = np.asarray(metrics.coco_stats)
     for name, a, b in zip(METRIC_NAMES, ours, ref):
         assert abs(a - b) <= 1e-6, f"{name}: ours {a} vs pycocotools {b}"
+        _LARGEST_DIFF["value"] = max(_LARGEST_DIFF["value"], float(abs(a - b)))
+        _LARGEST_DIFF["stats"] += 1
     # The reported stats: -1 (undefined) becomes None, everything else is the same number in [0, 1].
     for name, value in zip(METRIC_NAMES, ours):
         reported = metrics.stats[name]
