@@ -178,3 +178,41 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured values")
         for what, value in _MEASURED:
             terminalreporter.write_line(f"{what}: {value}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A trained model, shared by the command-line tests (tests/test_cli.py, tests/test_cli_commands.py)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_shapes, tmp_path_factory) -> Path:
+    """``plaindet train`` of a small plaindet-t (4 blocks, 64 neck channels) fitted to the 8 ``valid``
+    images of ``tiny_shapes`` at 128 px (30 steps, no augmentation; evaluated once, at the end, on
+    the same images): a model that has learned something (AP measured 0.56; untrained ~0.001) in
+    about 6 s. The run folder, written once per session: tests must only read it."""
+    import logging
+    import re
+
+    from typer.testing import CliRunner
+
+    from plaindet.cli import app
+
+    run = tmp_path_factory.mktemp("cli") / "run"
+    args = [
+        "train", "--model", "plaindet-t", "--data", tiny_shapes, "--train-split", "valid", "--val-split", "valid",
+        "--epochs", 15, "--eval-every", 15, "--batch-size", 4, "--image-size", 128, "--lr", 4e-3, "--warmup-steps", 5,
+        "--amp", "off", "--seed", 1, "--out", run,
+        "--set", "model_overrides={backbone: {depth: 4, window_size: 8}, neck_channels: 64}",
+        "--set", "augment={crop: 0.0, zoom_out: 0.0, jitter: 0.0, hflip: 0.0}",
+    ]  # fmt: skip
+    # The CLI configures logging for its process; keep that from leaking into other tests.
+    root, ours = logging.getLogger(), logging.getLogger("plaindet")
+    handlers, level = list(root.handlers), ours.level
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        root.handlers[:] = handlers
+        ours.setLevel(level)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^epoch 15/15  loss \d.*  AP 0\.\d{3}", result.stdout, re.MULTILINE), result.stdout
+    return run

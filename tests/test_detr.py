@@ -395,9 +395,26 @@ def test_criterion_handles_images_without_objects():
 
 
 def test_sinkhorn_criterion_trains():
-    model = tiny_detr(loss={"matcher": "sinkhorn"}).train()
-    g = torch.Generator().manual_seed(2)
-    out = model(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g))
-    losses = model.criterion()(out, random_targets(g, [4, 2], 64, 64, 3))
-    assert torch.isfinite(losses["loss"])
-    losses["loss"].backward()
+    """Ten AdamW steps on one batch: the loss falls, and step for step it follows training with the
+    exact (Hungarian) matcher, whose assignments Sinkhorn's agree with on nearly every target."""
+
+    def losses_of_training(matcher: str) -> list[float]:
+        model = tiny_detr(loss={"matcher": matcher}, dropout=0.0).train()
+        g = torch.Generator().manual_seed(2)
+        images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g)
+        targets = random_targets(g, [4, 2], 64, 64, 3)
+        criterion = model.criterion()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        history = []
+        for _ in range(10):
+            loss = criterion(model(images), targets)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.append(float(loss.detach()))
+        return history
+
+    sinkhorn = losses_of_training("sinkhorn")
+    assert all(math.isfinite(v) for v in sinkhorn), sinkhorn
+    assert sinkhorn[-1] < 0.92 * sinkhorn[0], sinkhorn  # measured: 14.7 -> 12.6
+    np.testing.assert_allclose(sinkhorn, losses_of_training("hungarian"), rtol=1e-2)

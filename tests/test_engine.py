@@ -174,10 +174,42 @@ def test_param_groups_by_part_and_step_schedule():
 
 
 def test_accumulation_takes_one_optimizer_step_per_window(tiny_shapes, tmp_path):
-    a = train(_cfg(tiny_shapes, tmp_path / "a", epochs=1, batch_size=8, eval_every=0, ema_decay=0, lr=1e-4))
-    b = train(_cfg(tiny_shapes, tmp_path / "b", epochs=1, batch_size=2, accumulate=4, eval_every=0, ema_decay=0, lr=1e-4))
-    assert len(_steps(tmp_path / "a")) == len(_steps(tmp_path / "b")) == 2
-    assert a["step"] == b["step"] == 2
+    """Two batches of 4 accumulated make the step one batch of 8 makes: the same losses, gradient
+    norms and weights, up to float rounding (measured: losses and norms to 1e-7 relative, weights
+    to 1.3e-6 after 4 steps at lr 1e-3).
+
+    Exact only when every batch holds as many objects: each batch's loss is divided by its own
+    object count, so a window's mean equals the whole batch's loss only with equal counts (with
+    the dataset's 1 to 6 objects per image the weights differ by ~4e-3). Every image here keeps one
+    box, and crop and zoom-out (which may drop boxes) are off; flips and color jitter stay on: both
+    runs draw the same per-sample augmentation, and the same images fill each window."""
+    import copy
+
+    from plaindet.data import load_dataset
+    from plaindet.data.sample import Sample
+
+    full = load_dataset(tiny_shapes, split="train")
+    one_box = copy.copy(full)
+    one_box.samples = [Sample(s.image_path, s.width, s.height, s.boxes[:1], s.labels[:1], s.image_id) for s in full.samples]
+    datasets = (one_box, load_dataset(tiny_shapes, split="valid"))
+    common = dict(epochs=2, eval_every=0, ema_decay=0, lr=1e-3, augment={"crop": 0.0, "zoom_out": 0.0})
+    a = train(_cfg(tiny_shapes, tmp_path / "a", batch_size=8, **common), datasets=datasets)
+    b = train(_cfg(tiny_shapes, tmp_path / "b", batch_size=4, accumulate=2, **common), datasets=datasets)
+    assert a["step"] == b["step"] == 4
+
+    steps_a, steps_b = _steps(tmp_path / "a"), _steps(tmp_path / "b")
+    assert len(steps_a) == len(steps_b) == 4
+    for row_a, row_b in zip(steps_a, steps_b):
+        assert row_a.keys() == row_b.keys()
+        for key in row_a:
+            assert row_b[key] == pytest.approx(row_a[key], rel=1e-5), (row_a["step"], key)
+    assert steps_a[-1]["loss"] < steps_a[0]["loss"]  # the steps did something
+
+    weights_a, weights_b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
+    model_keys = [k for k in weights_a if k.startswith("model.")]
+    assert model_keys and weights_a.keys() == weights_b.keys()
+    worst = max(float((weights_a[k] - weights_b[k]).abs().max()) for k in model_keys)
+    assert worst < 1e-4, worst  # a tenth of one step's size (lr 1e-3)
 
 
 def test_run_config_repeats_the_run(tiny_shapes, tmp_path):
@@ -230,29 +262,131 @@ def test_tensorboard_events_are_written(tiny_shapes, tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
 
 
-def test_distill_labels_unlabeled_images_with_the_teacher_and_trains_the_student(tiny_shapes, tmp_path):
+def _clipped(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes clipped to the image, and which of them keep at least 1 px per side (what the student gets)."""
+    boxes = np.clip(boxes, 0, [width, height] * 2)
+    return boxes, (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+
+
+def test_distill_labels_unlabeled_images_with_the_teacher_and_trains_the_student(tiny_shapes, tmp_path, monkeypatch):
     from plaindet.data import load_dataset
-    from plaindet.engine.distill import DistillConfig, distill, distill_datasets
+    from plaindet.engine.distill import DistillConfig, distill
 
     teacher_dir = tmp_path / "teacher"
     train(_cfg(tiny_shapes, teacher_dir, epochs=1, eval_every=0))
     teacher = plaindet.load(teacher_dir / "last.safetensors")
     train_set = load_dataset(tiny_shapes, split="train")
-    dcfg = DistillConfig(teacher=str(teacher_dir / "last.safetensors"), unlabeled_from_train=6, threshold=0.0, mode="union")
-    mixed = distill_datasets(dcfg, train_set, teacher)
+    unlabeled = [s.image_path for s in train_set.samples[10:]]
+    expected = teacher.predict(unlabeled, threshold=0.0)
+    # A threshold that keeps about a tenth of the teacher's boxes: the student must get exactly those.
+    threshold = float(np.quantile(np.concatenate([d.scores for d in expected]), 0.9))
+
+    # distill() hands the student's training set to the engine: record it on the way.
+    seen = []
+
+    def recording_train(cfg, on_epoch=None, *, datasets=None):
+        seen.append(datasets)
+        return train(cfg, on_epoch, datasets=datasets)
+
+    monkeypatch.setattr(train_mod, "train", recording_train)
+    student = tmp_path / "student"
+    dcfg = DistillConfig(teacher=str(teacher_dir / "last.safetensors"), unlabeled_from_train=6, threshold=threshold, mode="union")
+    best = distill(_cfg(tiny_shapes, student, epochs=1), dcfg)
+    ((mixed, _),) = seen
+
+    # The 10 labeled images keep their ground truth first; the 6 unlabeled get the teacher's boxes
+    # above the threshold, and nothing else.
     assert len(mixed) == len(train_set)
-    # The 10 labeled images keep their ground truth first; the 6 unlabeled get the teacher's boxes only.
     for s, orig in zip(mixed.samples[:10], train_set.samples[:10]):
         np.testing.assert_array_equal(s.boxes[: len(orig.boxes)], orig.boxes)
-    expected = teacher.predict([s.image_path for s in train_set.samples[10:]], threshold=0.0)
+        np.testing.assert_array_equal(s.labels[: len(orig.labels)], orig.labels)
+    kept = 0
     for s, det in zip(mixed.samples[10:], expected):
-        boxes = np.clip(det.boxes, 0, [s.width, s.height] * 2)
-        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        above = det.scores >= threshold
+        boxes, keep = _clipped(det.boxes[above], s.width, s.height)
         np.testing.assert_allclose(s.boxes, boxes[keep], atol=1e-4)
-        np.testing.assert_array_equal(s.labels, det.labels[keep])
-    assert sum(len(s.boxes) for s in mixed.samples[10:]) > 0
+        np.testing.assert_array_equal(s.labels, det.labels[above][keep])
+        kept += len(s.boxes)
+    assert 0 < kept < sum(len(d) for d in expected) / 2  # the threshold did filter
 
-    best = distill(_cfg(tiny_shapes, tmp_path / "student", epochs=1), DistillConfig(teacher=dcfg.teacher, unlabeled_from_train=6, threshold=0.0))
-    assert best["step"] == 4 and (tmp_path / "student" / "best.safetensors").is_file()
+    # The student trained on them: four logged steps, and weights that moved (its EMA, which
+    # lags the raw weights, differs from them only if they changed).
+    assert best["step"] == 4 and (student / "best.safetensors").is_file()
+    steps = _steps(student)
+    assert len(steps) == 4 and all(np.isfinite(r["loss"]) and not r["skipped"] for r in steps)
+    ckpt = TrainState(student / "last.safetensors")
+    raw = {k[len("model.") :]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
+    ema = ckpt.inference_weights()
+    moved = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], ema[k])]
+    assert len(moved) > 0.9 * sum(v.is_floating_point() for v in raw.values())
     with pytest.raises(ValueError, match="mode"):
         DistillConfig(mode="soft")
+
+
+class _ScriptedTeacher:
+    """A stand-in teacher with the interface distillation uses (``config.class_names`` and
+    ``predict``), predicting per image: a copy of its first ground-truth box moved by 1 px (score
+    0.9), an 8 x 8 box at the top-left corner (0.8; a ground-truth box is at least 16 px a side,
+    so they overlap by IoU 0.25 at most), a box reaching past the bottom-right corner (0.7, clipped
+    to 5 x 5 px), a box below the threshold (0.1) and one left under 1 px wide by clipping (0.6)."""
+
+    def __init__(self, dataset) -> None:
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(class_names=list(dataset.class_names))
+        self.samples = {s.image_path: s for s in dataset.samples}
+
+    def predictions(self, sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        w, h = sample.width, sample.height
+        boxes = np.array(
+            [sample.boxes[0] + 1, [0, 0, 8, 8], [w - 5, h - 5, w + 20, h + 20], [10, 10, 60, 60], [w - 0.5, 0, w + 9, 20]], np.float32
+        )
+        return boxes, np.array([0.9, 0.8, 0.7, 0.1, 0.6], np.float32), np.array([sample.labels[0], 1, 2, 0, 1])
+
+    def predict(self, images, threshold=0.3, image_size=None, batch_size=8):
+        from plaindet.detections import Detections
+
+        out = []
+        for path in images:
+            boxes, scores, labels = self.predictions(self.samples[Path(path)])
+            keep = scores >= threshold
+            out.append(Detections(boxes[keep], scores[keep], labels[keep], [self.config.class_names[k] for k in labels[keep]]))
+        return out
+
+
+def test_distill_union_keeps_the_labels_and_adds_only_teacher_boxes_that_overlap_none(tiny_shapes):
+    from plaindet.data import load_dataset
+    from plaindet.engine.distill import DistillConfig, distill_datasets
+
+    train_set = load_dataset(tiny_shapes, split="train")
+    teacher = _ScriptedTeacher(train_set)
+    labeled, unlabeled = train_set.samples[:12], train_set.samples[12:]
+
+    def targets(mode: str):
+        dcfg = DistillConfig(unlabeled_from_train=4, threshold=0.35, mode=mode, union_iou=0.5)
+        mixed = distill_datasets(dcfg, train_set, teacher)
+        assert [s.image_path for s in mixed.samples] == [s.image_path for s in train_set.samples]
+        return mixed.samples
+
+    def teacher_boxes(sample, rows):
+        boxes, scores, labels = teacher.predictions(sample)
+        clipped, _ = _clipped(boxes, sample.width, sample.height)
+        return clipped[rows], labels[rows]
+
+    for mode in ("union", "teacher", "labels"):
+        for s, orig in zip(targets(mode)[:12], labeled):
+            if mode == "union":  # the labels, then the corner boxes; not the moved copy of a label
+                extra, extra_labels = teacher_boxes(orig, [1, 2])
+                boxes, labels = np.concatenate([orig.boxes, extra]), np.concatenate([orig.labels, extra_labels])
+                np.testing.assert_array_equal(s.iscrowd, np.concatenate([orig.iscrowd, [False, False]]))
+            elif mode == "teacher":  # every teacher box above the threshold that survives clipping
+                boxes, labels = teacher_boxes(orig, [0, 1, 2])
+            else:
+                boxes, labels = orig.boxes, orig.labels
+            np.testing.assert_allclose(s.boxes, boxes, atol=1e-6, err_msg=mode)
+            np.testing.assert_array_equal(s.labels, labels, err_msg=mode)
+    # Unlabeled images have no label to overlap: the teacher's boxes above the threshold, whatever the mode.
+    for s, orig in zip(targets("union")[12:], unlabeled):
+        boxes, labels = teacher_boxes(orig, [0, 1, 2])
+        np.testing.assert_allclose(s.boxes, boxes, atol=1e-6)
+        np.testing.assert_array_equal(s.labels, labels)

@@ -25,10 +25,39 @@ SMALL = {
 }
 MODELS = plaindet.list_models()
 SIZE = 64
+# The module that registers each family's variants, and the test file that checks that family.
+FAMILY_TESTS = {
+    "plaindet.models.plaindet": "test_detector.py",
+    "plaindet.models.detr": "test_detr.py",
+    "plaindet.models.deperceiver": "test_deperceiver.py",
+    "plaindet.models.patchtok": "test_patchtok.py",
+}
 
 
-def test_every_model_has_a_small_test_config():
-    assert sorted(SMALL) == MODELS
+def test_list_models_is_every_registered_name_in_sorted_order(monkeypatch):
+    from plaindet.models import factory
+    from plaindet.models.registry import REGISTRY
+
+    assert set(MODELS) == set(REGISTRY) and len(MODELS) == len(REGISTRY)
+    # Sorted by rule, not by the order in which the families happen to register: a registry filled
+    # in reverse order lists the same names in the same order.
+    monkeypatch.setattr(factory, "REGISTRY", dict(reversed(list(REGISTRY.items()))))
+    assert factory.list_models() == MODELS
+    assert all(a < b for a, b in zip(MODELS, MODELS[1:]))
+
+
+def test_every_model_is_covered_by_the_registry_and_family_tests():
+    from pathlib import Path
+
+    from plaindet.models.registry import REGISTRY
+
+    # Every test below is parametrized over MODELS and builds the model from its SMALL entry.
+    assert set(REGISTRY) - set(SMALL) == set(), "registered models without a small test config"
+    assert set(SMALL) - set(REGISTRY) == set(), "small test configs of models that are not registered"
+    families = {REGISTRY[name].__module__ for name in REGISTRY}
+    assert families == set(FAMILY_TESTS), "a model family without its own test file"
+    here = Path(__file__).parent
+    assert all((here / test_file).is_file() for test_file in FAMILY_TESTS.values())
 
 
 def _build(name: str) -> DetectionModel:

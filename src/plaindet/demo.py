@@ -132,12 +132,15 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings | None = Non
     from plaindet.detections import predict_dataset
     from plaindet.engine.evaluate import evaluate_coco, plot_pr_curves
     from plaindet.engine.train import train
+    from plaindet.errors import UserError
     from plaindet.models.factory import load_model
     from plaindet.viz import draw
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     console = Console()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: not a folder; the demo writes its files into a folder (--out)")
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     s = settings or DemoSettings()

@@ -246,7 +246,8 @@ def predict_to_folder(
     used_names: set[str] = set()
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        for image_id, (path, det) in enumerate(zip(chunk, predictor.predict(chunk, threshold=threshold, image_size=image_size)), start=start):
+        detections = predictor.predict(chunk, threshold=threshold, image_size=image_size, batch_size=batch_size)
+        for image_id, (path, det) in enumerate(zip(chunk, detections), start=start):
             drawn = draw(path, det.boxes, det.labels, det.scores, class_names=predictor.class_names)
             name = f"{path.stem}.png" if f"{path.stem}.png" not in used_names else f"{path.stem}_{image_id}.png"
             used_names.add(name)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from plaindet.config import setting
-from plaindet.errors import ConfigError
+from plaindet.errors import ConfigError, DatasetError, NotFound
 
 log = logging.getLogger("plaindet")
 
@@ -75,7 +75,7 @@ def distill_datasets(dcfg: DistillConfig, train_set, teacher):
     from plaindet.ops.boxes import box_iou
 
     if list(teacher.config.class_names) != list(train_set.class_names):
-        raise ValueError(f"the teacher's classes {teacher.config.class_names} differ from the dataset's {train_set.class_names}")
+        raise ConfigError(f"the teacher's classes {teacher.config.class_names} differ from the dataset's {train_set.class_names}")
     size = dcfg.teacher_image_size or None
     labeled = list(train_set.samples)
     unlabeled: list[Path] = []
@@ -87,10 +87,10 @@ def distill_datasets(dcfg: DistillConfig, train_set, teacher):
     if dcfg.unlabeled:
         folder = Path(dcfg.unlabeled)
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder of unlabeled images")
+            raise NotFound(f"{folder}: no such folder of unlabeled images")
         found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         unlabeled += found
 
     samples: list[Sample] = []

@@ -31,14 +31,14 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 class _Table:
-    """One log as JSON lines plus a CSV with the same rows (columns fixed by the first row)."""
+    """One log as JSON lines plus a CSV with the same rows (a column for every key any row has)."""
 
     def __init__(self, folder: Path, name: str, key: str, keep_until: int | None) -> None:
         self.jsonl = folder / f"{name}.jsonl"
         self.csv = folder / f"{name}.csv"
         rows = [r for r in _read_jsonl(self.jsonl) if r.get(key, 0) <= keep_until] if keep_until is not None else []
         self.rows = rows
-        self.columns: list[str] = list(rows[0]) if rows else []
+        self.columns: list[str] = list(dict.fromkeys(k for r in rows for k in r))  # every row's keys, first seen first
         # Rewrite both files from the kept rows (atomically): the cut-back resume and a fresh start alike.
         atomic_write(self.jsonl, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))
         atomic_write(self.csv, self._write_csv)
@@ -56,10 +56,16 @@ class _Table:
         self.rows.append(row)
         self._jf.write(json.dumps(row) + "\n")
         self._jf.flush()
-        if not self.columns:
-            self.columns = list(row)
-            csv.DictWriter(self._cf, self.columns).writeheader()
-        csv.DictWriter(self._cf, self.columns, extrasaction="ignore").writerow(row)
+        new = [k for k in row if k not in self.columns]
+        if new:
+            # A row with keys the header lacks (the first evaluated epoch after epochs without
+            # evaluation): rewrite the CSV with the new columns, earlier rows leaving them empty.
+            self.columns += new
+            self._cf.close()
+            atomic_write(self.csv, self._write_csv)
+            self._cf = self.csv.open("a", newline="")
+        else:
+            csv.DictWriter(self._cf, self.columns).writerow(row)
         self._cf.flush()
 
     def close(self) -> None:
