@@ -27,7 +27,7 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
-def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_shapes, tmp_path):
+def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_shapes, tmp_path, measured):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     assert torchrun, "torchrun is installed with torch"
     cfg = TrainConfig(
@@ -60,6 +60,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_shapes,
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
     np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-5)
     np.testing.assert_allclose([r["grad_norm"] for r in two], [r["grad_norm"] for r in one], rtol=1e-4)
+    loss_gap = max(abs(x["loss"] - y["loss"]) / abs(y["loss"]) for x, y in zip(two, one))
+    measured("torchrun 2 processes vs 1, same global batch: per-step loss, max relative diff", loss_gap)
 
     # Same weights (raw and EMA) after the run, up to float summation order.
     a, _ = read_safetensors(tmp_path / "one" / "last.safetensors")
@@ -67,6 +69,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_shapes,
     for k in a:
         if k.startswith(("model.", "ema.")):
             torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    weight_gap = max((b[k] - a[k]).abs().max().item() for k in a if k.startswith(("model.", "ema.")) and a[k].is_floating_point())
+    measured("torchrun 2 processes vs 1, same global batch: final weights and EMA, max abs diff", weight_gap)
     # Metrics gathered over ranks: the evaluation saw every validation image once.
     m1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
     m2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
