@@ -59,7 +59,13 @@ def child(model_name: str, amp: str, size: int, batch: int, threads: int, steps:
             times.append(time.perf_counter() - t)
     times.sort()
     median = times[len(times) // 2]
-    return {"img_s": batch / median, "step_s": median, "peak_mb": peak_rss_mb()}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:  # one more forward and backward, counted, not timed
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            outputs = model(images, targets)
+        criterion(outputs, targets)["loss"].backward()
+    return {"img_s": batch / median, "step_s": median, "peak_mb": peak_rss_mb(), "gflops": counter.get_total_flops() / 1e9}
 
 
 def main() -> None:
@@ -70,24 +76,41 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.peak:
+        from plaindet.export.benchmark import matmul_peak
+
+        print(json.dumps(matmul_peak(args.threads)))
+        return
     if args.child:
         name, amp, size, batch, threads, steps, frozen = args.child
         print(json.dumps(child(name, amp, int(size), int(batch), int(threads), int(steps), frozen == "1")))
         return
 
+    def run(cmd: list[str]) -> dict:
+        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+    peak = run([sys.executable, __file__, "--peak", "--threads", str(args.threads)])
     print(f"training step at {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, median of {args.steps} steps")
-    print(f"{'model':<12} {'backbone':<10} {'amp':<5} {'img/s':>7} {'s/step':>7} {'peak MB':>8} {'bf16 speed-up':>14}")
+    print(f"matmul peak in this run: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; GFLOPs: 2 per multiply-add, forward and backward")
+    print(f"{'model':<12} {'backbone':<10} {'amp':<5} {'img/s':>7} {'s/step':>7} {'peak MB':>8} {'bf16 speed-up':>14} {'GFLOPs':>7} {'GFLOP/s':>8} {'of peak':>8}")
     for name in args.models:
         for frozen in (False, True):
             fp32 = None
             for amp in ("off", "bf16"):
                 cmd = [sys.executable, __file__, "--child", name, amp, str(args.size), str(args.batch), str(args.threads), str(args.steps), "1" if frozen else "0"]
-                r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+                r = run(cmd)
                 ratio = "" if fp32 is None else f"{r['img_s'] / fp32['img_s']:.2f}x"
                 fp32 = fp32 or r
                 label = "frozen" if frozen else "trainable"
-                print(f"{name:<12} {label:<10} {'fp32' if amp == 'off' else 'bf16':<5} {r['img_s']:>7.2f} {r['step_s']:>7.2f} {r['peak_mb']:>8.0f} {ratio:>14}", flush=True)
+                precision = "fp32" if amp == "off" else "bf16"
+                achieved = r["gflops"] / r["step_s"]
+                print(
+                    f"{name:<12} {label:<10} {precision:<5} {r['img_s']:>7.2f} {r['step_s']:>7.2f} {r['peak_mb']:>8.0f} {ratio:>14} "
+                    f"{r['gflops']:>7.1f} {achieved:>8.1f} {100 * achieved / peak[precision]:>7.0f}%",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

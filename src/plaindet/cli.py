@@ -270,19 +270,21 @@ def eval_cmd(
 
 @app.command("models")
 def models_cmd() -> None:
-    """List the registered models with their sizes (parameters counted with the default 80 classes,
-    training-only parts included; plaindet.models.factory)."""
+    """List the registered models with their sizes: parameters (with the default 80 classes,
+    training-only parts included) and GFLOPs of one 640x640 image and of one image at the model's
+    default size (2 FLOPs per multiply-add; plaindet.models.factory.count_flops)."""
     from rich.console import Console
     from rich.table import Table
 
-    from plaindet.models.factory import count_parameters, describe_model, list_models, model_config
+    from plaindet.models.factory import count_flops, count_parameters, describe_model, list_models, model_config
 
-    table = Table(title="plaindet models", title_justify="left")
-    for column in ("model", "parameters", "image size", "what it is"):
-        table.add_column(column, justify="right" if column in ("parameters", "image size") else "left")
+    table = Table(title="plaindet models", title_justify="left", caption="GFLOPs: 2 per multiply-add, batch 1, square input")
+    for column in ("model", "parameters", "GFLOPs 640", "image size", "GFLOPs", "what it is"):
+        table.add_column(column, justify="left" if column in ("model", "what it is") else "right")
     for name in list_models():
         config = model_config(name)
-        table.add_row(name, f"{count_parameters(config) / 1e6:.1f}M", str(config.image_size), describe_model(name))
+        flops = [count_flops(config, 640) / 1e9, count_flops(config, config.image_size) / 1e9]
+        table.add_row(name, f"{count_parameters(config) / 1e6:.1f}M", f"{flops[0]:.1f}", str(config.image_size), f"{flops[1]:.1f}", describe_model(name))
     Console().print(table)
 
 

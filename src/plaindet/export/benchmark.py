@@ -12,6 +12,11 @@ Latency is wall time per batch of ``runs`` timed calls after ``warmup`` untimed 
 ``forward`` on normalized float pixels for the transformers reference models (their
 post-processing is a separate call, and cheap). Random weights do not change the cost of these
 models, so latency needs no trained checkpoint.
+
+How far each row is from what the machine can do: its GFLOPs (``torch.utils.flop_counter``, 2 per
+multiply-add; an ONNX row has the PyTorch model's), the GFLOP/s it achieves, and their share of the
+machine's matrix-multiply peak at that precision, measured in the same run by a worker of its own
+(:func:`matmul_peak`: the best of square fp32 and bf16 products with the same threads).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchmarkRow", "reference_model", "run_benchmark"]
+__all__ = ["BenchmarkRow", "format_table", "matmul_peak", "reference_model", "run_benchmark"]
 
 
 @dataclass
@@ -43,6 +48,8 @@ class BenchmarkRow:
     peak_rss_mb: float
     size_mb: float
     note: str = ""
+    flops: float | None = None  # per batch
+    peak_gflops: float | None = None  # the machine's matmul peak at this precision, measured in the same run
 
     @property
     def median_ms(self) -> float:
@@ -57,12 +64,21 @@ class BenchmarkRow:
     def images_per_s(self) -> float:
         return self.batch / statistics.median(self.times)
 
+    @property
+    def gflops_per_s(self) -> float | None:
+        return None if self.flops is None else self.flops / 1e9 / statistics.median(self.times)
+
+    @property
+    def share_of_peak(self) -> float | None:
+        achieved = self.gflops_per_s
+        return None if achieved is None or not self.peak_gflops else achieved / self.peak_gflops
+
 
 @dataclass
 class WorkerSpec:
     """What one worker process measures (JSON on its command line)."""
 
-    backend: str  # "torch", "ort" or "hf"
+    backend: str  # "torch", "ort", "hf", or "peak" (the matmul peak)
     precision: str  # "fp32", "bf16" or an ONNX file's precision
     size: int
     batch: int
@@ -136,8 +152,37 @@ def reference_model(name: str):
     raise ValueError(f"unknown reference model {name!r}: detr-r50 or rtdetr-r18")
 
 
+def matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048), runs: int = 5) -> dict[str, float]:
+    """This machine's matrix-multiply throughput with ``threads`` intra-op threads, in GFLOP/s:
+    ``{"fp32": ..., "bf16": ...}``, the best median over square products of ``sizes`` (2 n^3 FLOPs
+    each). What a model's GFLOP/s is compared with: a model cannot run its products faster."""
+    import torch
+
+    torch.set_num_threads(threads)
+    peak = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        best = 0.0
+        for n in sizes:
+            a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+            seconds = statistics.median(_time_calls(lambda: torch.mm(a, b), runs, warmup=2))
+            best = max(best, 2 * n**3 / seconds / 1e9)
+        peak[name] = best
+    return peak
+
+
+def _flops(call) -> int:
+    """FLOPs of one ``call()`` (torch.utils.flop_counter: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops()
+
+
 def _worker(spec: WorkerSpec) -> dict[str, Any]:
     """Run inside the worker process: import the backend, build the model, time it."""
+    if spec.backend == "peak":
+        return matmul_peak(spec.threads)
     if spec.backend == "ort":
         import numpy as np
 
@@ -178,7 +223,8 @@ def _worker(spec: WorkerSpec) -> dict[str, Any]:
     dtype = torch.bfloat16 if spec.precision == "bf16" else None
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
         times = _time_calls(call, spec.runs, spec.warmup)
-    return {"times": times, "peak_rss_mb": peak_rss_mb(), "weights_mb": weights_mb}
+        flops = _flops(call)  # after the timing: counting slows the call down
+    return {"times": times, "peak_rss_mb": peak_rss_mb(), "weights_mb": weights_mb, "flops": flops}
 
 
 def _run_worker(spec: WorkerSpec) -> dict[str, Any]:
@@ -267,13 +313,24 @@ def run_benchmark(
             for ref in ("detr-r50", "rtdetr-r18"):
                 for precision in ("fp32", "bf16"):
                     specs.append((WorkerSpec("hf", precision, model=ref, **common), "transformers, random init"))
+        log("measuring the matmul peak ...")
+        peak = _run_worker(WorkerSpec("peak", "", **common))
+        model_flops = None  # the PyTorch model's, for the ONNX rows of the same graph
         for spec, row_note in specs:
             log(f"measuring {spec.model or label} {spec.backend} {spec.precision} ...")
             result = _run_worker(spec)
             name = spec.model if spec.backend == "hf" else label
             backend = "onnxruntime" if spec.backend == "ort" else "pytorch"
             size_mb = _file_mb(spec.onnx) if spec.backend == "ort" else result["weights_mb"]
-            rows.append(BenchmarkRow(name, backend, spec.precision, result["times"], batch, result["peak_rss_mb"], size_mb, row_note))
+            if spec.backend == "torch" and spec.precision == "fp32":
+                model_flops = result["flops"]
+            flops = model_flops if spec.backend == "ort" else result["flops"]
+            rows.append(
+                BenchmarkRow(
+                    name, backend, spec.precision, result["times"], batch, result["peak_rss_mb"], size_mb, row_note,
+                    flops=flops, peak_gflops=peak.get(spec.precision),
+                )
+            )  # fmt: skip
     return rows
 
 
@@ -286,13 +343,19 @@ def format_table(rows: list[BenchmarkRow], *, size: int, threads: int) -> str:
     base = rows[0]
     header = (
         f"{'model':<14} {'backend':<12} {'precision':<13} {'size MB':>8} {'median ms':>10} {'p90 ms':>8} "
-        f"{'img/s':>7} {'peak RSS MB':>12} {'vs first':>9}  note"
+        f"{'img/s':>7} {'peak RSS MB':>12} {'vs first':>9} {'GFLOPs':>7} {'GFLOP/s':>8} {'of peak':>8}  note"
     )
+    peaks = {r.precision: r.peak_gflops for r in rows if r.peak_gflops}
+    measured_peak = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
     lines = [f"batch {base.batch}, {size}x{size}, {threads} threads; each row measured in a fresh process", header]
+    if measured_peak:
+        lines.insert(1, f"matmul peak in this run: {measured_peak}; GFLOPs: 2 per multiply-add, per batch")
     for r in rows:
+        flops = f"{r.flops / 1e9:>7.1f} {r.gflops_per_s:>8.1f}" if r.flops is not None else f"{'':>7} {'':>8}"
+        share = f"{100 * r.share_of_peak:>7.0f}%" if r.share_of_peak is not None else f"{'':>8}"
         lines.append(
             f"{r.model:<14} {r.backend:<12} {r.precision:<13} {r.size_mb:>8.1f} {r.median_ms:>10.0f} {r.p90_ms:>8.0f} "
-            f"{r.images_per_s:>7.2f} {r.peak_rss_mb:>12.0f} {r.median_ms / base.median_ms:>8.2f}x  {r.note}"
+            f"{r.images_per_s:>7.2f} {r.peak_rss_mb:>12.0f} {r.median_ms / base.median_ms:>8.2f}x {flops} {share}  {r.note}"
         )
     ours = {r.precision: r for r in rows if r.model == base.model and r.backend == "pytorch"}
     others = [r for r in rows if r.model != base.model]

@@ -23,7 +23,7 @@ from plaindet.models.base import CHECKPOINT_FORMAT, DetectionConfig, DetectionMo
 from plaindet.models.registry import REGISTRY
 from plaindet.weights import read_config, read_safetensors
 
-__all__ = ["count_parameters", "create_model", "describe_model", "list_models", "load_model", "model_config", "model_from_state"]
+__all__ = ["count_flops", "count_parameters", "create_model", "describe_model", "list_models", "load_model", "model_config", "model_from_state"]
 
 
 def list_models() -> list[str]:
@@ -78,6 +78,30 @@ def count_parameters(config: DetectionConfig) -> int:
     meta device: shapes only, no memory, no initialization."""
     with torch.device("meta"):
         return sum(p.numel() for p in config.model_class()(config).parameters())
+
+
+def count_flops(config: DetectionConfig, size: int | tuple[int, int] = 640, batch: int = 1) -> int:
+    """FLOPs of one inference pass (``postprocess(forward(images))``) of the model ``config`` describes,
+    on ``batch`` images of ``size`` (``(height, width)``, or a square side; rounded up to the size
+    divisor as prediction pads them).
+
+    Counted by ``torch.utils.flop_counter`` on the meta device (shapes only: no memory, no weights):
+    2 FLOPs per multiply-add of matrix products, convolutions and attention; element-wise operations,
+    norms and softmax are not counted (the convention of the field's GFLOPs, which count
+    multiply-adds, give half of this number: fvcore counts one multiply-add as one flop). The
+    patch-token decoder is counted at its full length (``3 * max_objects + 1`` steps), an upper
+    bound of what an image costs.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = (size, size) if isinstance(size, int) else size
+    with torch.device("meta"):
+        model = config.model_class()(config).eval()
+        div = model.size_divisor
+        images = torch.zeros(batch, 3, -(-h // div) * div, -(-w // div) * div, dtype=torch.uint8)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.postprocess(model(images))
+    return counter.get_total_flops()
 
 
 def model_from_state(config: dict, state: dict) -> DetectionModel:

@@ -575,10 +575,11 @@ class PatchTokDetector(DetectionModel):
             probs[:, j, kind] = prob
             sequence.append(choice)
             token = choice
-            # Stop once every sequence has ended, except when tracing or exporting: a graph can't
-            # branch on data, so there the loop is unrolled to its full length (the ended rows just
-            # keep writing PAD).
-            if not (torch.jit.is_tracing() or torch.compiler.is_exporting()) and bool(done.all()):
+            # Stop once every sequence has ended, except when tracing or exporting (a graph can't
+            # branch on data) or on the meta device (counting FLOPs: no data to branch on): there
+            # the loop is unrolled to its full length (the ended rows just keep writing PAD).
+            unrolled = torch.jit.is_tracing() or torch.compiler.is_exporting() or done.is_meta
+            if not unrolled and bool(done.all()):
                 break
         tokens = torch.full((B, 3 * M + 2), vocab.pad, dtype=torch.int64, device=device)
         tokens[:, : len(sequence)] = torch.stack(sequence, dim=1)

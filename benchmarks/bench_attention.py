@@ -1,0 +1,77 @@
+"""Attention kernels on this CPU, at the shapes the plaindet ViTs run: which path is fastest for each.
+
+    python benchmarks/bench_attention.py [--threads 2] [--size 640] [--repeats 20]
+
+For each ViT width (Ti: 3 heads, S: 6, B: 12; head dim 64) at ``--size`` px, two shapes: a global
+block (all ``(size/16)^2 + 1`` tokens) and a window block (windows of 14x14 patches plus the class
+token, every window of the padded grid in one batch). Each shape is timed, fp32 and bf16, forward
+only, through
+
+- ``sdpa``: ``F.scaled_dot_product_attention`` (on CPU, its flash-attention kernel);
+- ``matmul``: ``softmax(q k^T / sqrt(d)) v`` as two batched matrix products and a softmax.
+
+Prints the median time, the attention's GFLOPs (2 per multiply-add: ``4 L^2 d`` per head) and the
+GFLOP/s achieved, and the machine's matmul peak measured in the same run, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def matmul_attention(q, k, v):
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    return torch.matmul(scores.softmax(-1), v)
+
+
+def timed(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--window", type=int, default=14)
+    args = parser.parse_args()
+
+    from plaindet.export.benchmark import matmul_peak
+
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak(args.threads)
+    grid = args.size // 16
+    windows = math.ceil(grid / args.window) ** 2
+    print(f"{args.size} px ({grid}x{grid} patches), {args.threads} threads; matmul peak fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s")
+    print(f"{'model':<6} {'block':<7} {'batch x heads x L':<20} {'dtype':<5} {'path':<7} {'ms':>8} {'GFLOPs':>7} {'GFLOP/s':>8}")
+    with torch.inference_mode():
+        for name, heads in (("Ti", 3), ("S", 6), ("B", 12)):
+            for block, batch, length in (("global", 1, grid * grid + 1), ("window", windows, args.window**2 + 1)):
+                flops = 4 * batch * heads * length * length * 64
+                for dtype in (torch.float32, torch.bfloat16):
+                    q, k, v = (torch.randn(batch, heads, length, 64, dtype=dtype) for _ in range(3))
+                    for path, fn in (("sdpa", F.scaled_dot_product_attention), ("matmul", matmul_attention)):
+                        seconds = timed(lambda: fn(q, k, v), args.repeats)
+                        label = "fp32" if dtype == torch.float32 else "bf16"
+                        print(
+                            f"{name:<6} {block:<7} {f'{batch} x {heads} x {length}':<20} {label:<5} {path:<7} "
+                            f"{seconds * 1e3:>8.2f} {flops / 1e9:>7.2f} {flops / seconds / 1e9:>8.1f}",
+                            flush=True,
+                        )
+
+
+if __name__ == "__main__":
+    main()
