@@ -1,11 +1,15 @@
-"""CPU inference latency of the plaindet variants (forward + top-k post-processing, no NMS).
+"""CPU inference latency of the plaindet variants, and how close each comes to this CPU's limit.
 
-    python benchmarks/bench_latency.py [--size 640] [--threads 2] [--models plaindet-t plaindet-s plaindet-b]
+    python benchmarks/bench_latency.py [--size 640] [--threads 2] [--models plaindet-t plaindet-s plaindet-b] [--compare]
 
-Prints a table: parameters (counted as ``plaindet models`` counts them, training-only auxiliary head
-included), then median and p90 latency per image at batch 1, fp32 and bf16 autocast. The models
-have random weights: latency does not depend on the weight values. Each model runs its warm-up
-first; the machine is noisy, so compare numbers from the same run.
+One process, one run: first torch's own matrix-multiply peak on this machine with the same threads
+(fp32 and bf16, :func:`plaindet.export.benchmark.matmul_peak`), then for each model its parameters
+(counted as ``plaindet models`` counts them, training-only auxiliary head included), its GFLOPs
+per image (:func:`plaindet.flops.flop_counter`, 2 per multiply-add, attention included), and its
+median and p90 latency at batch 1 (forward + top-k post-processing, no NMS), fp32 and bf16
+autocast, with the GFLOP/s achieved and their share of the peak of that precision. ``--compare``
+adds transformers' YOLOS-tiny and RT-DETR-R18 (random init from their configs, same input, same
+threads; their forward only, on float pixels). Random weights do not change the cost.
 """
 
 from __future__ import annotations
@@ -18,15 +22,15 @@ import time
 import torch
 
 
-def measure(model, x: torch.Tensor, dtype: torch.dtype | None, repeats: int, warmup: int) -> list[float]:
+def measure(call, dtype: torch.dtype | None, repeats: int, warmup: int) -> list[float]:
     times = []
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
         for i in range(warmup + repeats):
             t = time.perf_counter()
-            model.postprocess(model(x))
+            call()
             if i >= warmup:
                 times.append(time.perf_counter() - t)
-    return times
+    return sorted(times)
 
 
 def main() -> None:
@@ -36,26 +40,61 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compare", action="store_true", help="add transformers' YOLOS-tiny and RT-DETR-R18")
     args = parser.parse_args()
 
     import plaindet
+    from plaindet.export.benchmark import matmul_peak, reference_model
+    from plaindet.flops import flop_counter
     from plaindet.models.factory import count_parameters
 
     logging.getLogger("plaindet").setLevel(logging.ERROR)  # random-weight warnings are expected here
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    x = torch.randint(0, 256, (1, 3, args.size, args.size), dtype=torch.uint8)
+    peak = matmul_peak(args.threads)
     print(f"CPU latency, batch 1, {args.size}x{args.size}, {args.threads} threads, torch {torch.__version__}")
-    print(f"{'model':<12} {'params':>8} {'fp32 median':>12} {'fp32 p90':>10} {'bf16 median':>12} {'bf16 p90':>10}")
-    for name in args.models:
-        model = plaindet.create_model(name, num_classes=80).eval()
-        params = count_parameters(model.config) / 1e6
-        row = [f"{name:<12}", f"{params:>7.1f}M"]
-        for dtype in (None, torch.bfloat16):
-            t = sorted(measure(model, x, dtype, args.repeats, args.warmup))
-            p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
-            row += [f"{statistics.median(t) * 1000:>10.0f}ms", f"{p90 * 1000:>8.0f}ms"]
-        print(" ".join(row), flush=True)
+    print(f"matmul peak in this run: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; GFLOPs: 2 per multiply-add")
+    print("| model | params | GFLOPs | fp32 median ms | p90 | GFLOP/s | of fp32 peak | bf16 median ms | p90 | GFLOP/s | of bf16 peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    entries = [(name, None) for name in args.models]
+    if args.compare:
+        entries += [("YOLOS-tiny (transformers)", "yolos-tiny"), ("RT-DETR-R18 (transformers)", "rtdetr-r18")]
+    latency = {}
+    for label, ref in entries:
+        if ref is None:
+            model = plaindet.create_model(label, num_classes=80).eval()
+            params = count_parameters(model.config)
+            x = torch.randint(0, 256, (1, 3, args.size, args.size), dtype=torch.uint8)
+
+            def call(model=model, x=x):
+                return model.postprocess(model(x))
+        else:
+            model = reference_model(ref)
+            params = sum(p.numel() for p in model.parameters())
+            x = torch.randn(1, 3, args.size, args.size)
+
+            def call(model=model, x=x):
+                return model(pixel_values=x)
+
+        model.requires_grad_(False)  # inference only; the counter's module hooks would track autograd otherwise
+        with torch.inference_mode(), flop_counter() as counter:
+            call()
+        gflops = counter.get_total_flops() / 1e9
+        row = [label, f"{params / 1e6:.1f}M", f"{gflops:.1f}"]
+        for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            t = measure(call, dtype, args.repeats, args.warmup)
+            median, p90 = statistics.median(t), t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
+            latency[(label, precision)] = median
+            achieved = gflops / median
+            row += [f"{median * 1000:.0f}", f"{p90 * 1000:.0f}", f"{achieved:.0f}", f"{100 * achieved / peak[precision]:.0f}%"]
+        print("| " + " | ".join(row) + " |", flush=True)
+    if args.compare:
+        print("\n| latency ratio (model / peer, same precision) | " + " | ".join(f"{p} vs {lab}" for lab, _ in entries if _ for p in ("fp32", "bf16")) + " |")
+        print("|---|" + "---|" * (2 * sum(1 for _, r in entries if r)))
+        for name in args.models:
+            ratios = [f"{latency[(name, p)] / latency[(lab, p)]:.2f}x" for lab, r in entries if r for p in ("fp32", "bf16")]
+            print(f"| {name} | " + " | ".join(ratios) + " |")
 
 
 if __name__ == "__main__":

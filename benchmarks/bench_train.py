@@ -59,9 +59,9 @@ def child(model_name: str, amp: str, size: int, batch: int, threads: int, steps:
             times.append(time.perf_counter() - t)
     times.sort()
     median = times[len(times) // 2]
-    from torch.utils.flop_counter import FlopCounterMode
+    from plaindet.flops import flop_counter
 
-    with FlopCounterMode(display=False) as counter:  # one more forward and backward, counted, not timed
+    with flop_counter() as counter:  # one more forward and backward, counted, not timed
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             outputs = model(images, targets)
         criterion(outputs, targets)["loss"].backward()

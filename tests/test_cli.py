@@ -56,6 +56,15 @@ def test_models_lists_every_model_with_its_size():
         assert re.search(rf"{name}\W+\d+\.\dM", result.output), name
     size_b = float(re.search(r"plaindet-b\W+(\d+\.\d)M", result.output)[1])
     assert 80 < size_b < 100
+    # GFLOPs at 640 and at the default size, as count_flops counts them
+    from plaindet.models.factory import count_flops, model_config
+
+    for name in ("plaindet-t", "detr-r18"):
+        row = re.search(rf"{name}\W+[\d.]+M\W+([\d.]+)\W+(\d+)\W+([\d.]+)", result.output)
+        config = model_config(name)
+        assert float(row[1]) == pytest.approx(count_flops(config, 640) / 1e9, abs=0.05)
+        assert int(row[2]) == config.image_size
+        assert float(row[3]) == pytest.approx(count_flops(config, config.image_size) / 1e9, abs=0.05)
 
 
 def test_train_writes_a_loadable_run_with_the_options_given(trained_run):

@@ -25,7 +25,7 @@ from plaindet.cli import app
 from plaindet.data import load_dataset
 from plaindet.detections import predict_dataset
 from plaindet.engine.train_state import TrainState
-from plaindet.models.factory import count_parameters, model_config
+from plaindet.models.factory import count_flops, count_parameters, model_config
 from plaindet.weights import read_safetensors
 
 from test_cli import _restore_logging, assert_user_error, invoke  # noqa: F401 (an autouse fixture)
@@ -331,15 +331,28 @@ def test_benchmark_command_measures_every_backend_in_its_own_process(tmp_path):
     result = invoke("benchmark", "--model", "plaindet-t", "--size", 64, "--runs", 1, "--warmup", 0, "--threads", 1, "--keep-onnx", keep)
     assert result.exit_code == 0, result.output
     assert "measuring plaindet-t ort int8-static" in result.stderr  # progress on stderr, the table on stdout
-    title, header, *lines = result.stdout.strip().splitlines()
+    title, peak_line, header, *lines = result.stdout.strip().splitlines()
     assert title == "batch 1, 64x64, 1 threads; each row measured in a fresh process"
-    assert header.split() == ["model", "backend", "precision", "size", "MB", "median", "ms", "p90", "ms", "img/s", "peak", "RSS", "MB", "vs", "first", "note"]
-    rows = [line.split(maxsplit=9) for line in lines]
+    peaks = dict(re.findall(r"(fp32|bf16) ([0-9.]+) GFLOP/s", peak_line))
+    assert peak_line.startswith("matmul peak in this run:") and set(peaks) == {"fp32", "bf16"}
+    assert header.split() == [
+        "model", "backend", "precision", "size", "MB", "median", "ms", "p90", "ms", "img/s", "peak", "RSS", "MB", "vs", "first",
+        "GFLOPs", "GFLOP/s", "of", "peak", "note",
+    ]  # fmt: skip
+    rows = [line.split(maxsplit=12) for line in lines]
     assert [(r[0], r[1], r[2]) for r in rows] == [("plaindet-t", *b) for b in BACKENDS]
-    size, median, p90, per_s, rss = ({b: float(r[i]) for b, r in zip(BACKENDS, rows)} for i in (3, 4, 5, 6, 7))
+    size, median, p90, per_s, rss, gflops, achieved = ({b: float(r[i]) for b, r in zip(BACKENDS, rows)} for i in (3, 4, 5, 6, 7, 9, 10))
     assert all(p90[b] == median[b] for b in BACKENDS)  # one run: its median is its p90
     for b in BACKENDS:  # one image per median, which is printed rounded to the ms
         assert 1000 / (median[b] + 0.5) - 0.01 <= per_s[b] <= (1000 / (median[b] - 0.5) if median[b] >= 1 else np.inf) + 0.01, b
+        # every row carries the PyTorch model's FLOPs (an ONNX file runs the same graph) and its share of the peak
+        assert gflops[b] == pytest.approx(count_flops(model_config("plaindet-t"), 64) / 1e9, abs=0.06), b
+        assert achieved[b] == pytest.approx(gflops[b] / (median[b] / 1000), rel=0.6, abs=0.2), b
+        share = rows[BACKENDS.index(b)][11]
+        if b[1] in peaks:  # int8 has no matmul peak measured: no share
+            assert float(share.rstrip("%")) == pytest.approx(100 * achieved[b] / float(peaks[b[1]]), abs=1.0), b
+        else:
+            assert share == "-", b
     assert all(50 < rss[b] < 4000 for b in BACKENDS)  # a whole Python process, in MB
     assert rows[0][8] == "1.00x"
     # Sizes: the weights in memory for PyTorch (the same at either precision), the files for ONNX Runtime.
@@ -348,7 +361,7 @@ def test_benchmark_command_measures_every_backend_in_its_own_process(tmp_path):
     for name in ("fp32", "int8-dynamic", "int8-static"):
         assert size[("onnxruntime", name)] == pytest.approx((keep / f"{name}.onnx").stat().st_size / 2**20, abs=0.06)
     assert size[("onnxruntime", "int8-dynamic")] < 0.5 * size[("onnxruntime", "fp32")]
-    assert rows[4][9].endswith("random calibration: speed only")
+    assert rows[4][12].endswith("random calibration: speed only")
 
 
 def test_benchmark_table_compares_other_models_at_the_same_precision():

@@ -114,3 +114,31 @@ def test_postprocess_contract_and_save_load_round_trip(name, tmp_path):
         assert torch.equal(a, b)
     dets = loaded.predict(images[0], threshold=0.0)
     assert len(dets) == k and dets.class_names == [["a", "b", "c"][i] for i in dets.labels]
+
+
+def test_flop_counter_counts_cpu_attention_and_meta_counts_equal_real_ones(measured):
+    """CPU attention is counted (torch's counter alone leaves it out), and count_flops on the meta
+    device equals a count of the real forward."""
+    import torch.nn.functional as F
+
+    from plaindet.flops import flop_counter
+    from plaindet.models.factory import count_flops, model_config
+
+    b, h, n, m, d = 2, 3, 50, 40, 16
+    q, k, v = torch.randn(b, h, n, d), torch.randn(b, h, m, d), torch.randn(b, h, m, d)
+    with flop_counter() as counter:
+        F.scaled_dot_product_attention(q, k, v)
+    assert counter.get_total_flops() == 2 * (2 * b * h * n * m * d)  # q k^T and the weighted sum of v
+    config = model_config("plaindet-t")
+    model = config.model_class()(config).eval().requires_grad_(False)
+    with torch.no_grad(), flop_counter() as counter:
+        model.postprocess(model(torch.zeros(1, 3, 128, 160, dtype=torch.uint8)))
+    assert count_flops(config, (128, 160)) == counter.get_total_flops() > 0
+    # a hand count of the backbone's linear layers at 128x160: 80 patch tokens + the class token
+    width, tokens = config.backbone.width, 81
+    linear = 2 * tokens * 12 * width * width * config.backbone.depth  # qkv 3, proj 1, mlp 4 + 4 (width^2 each)
+    with flop_counter() as counter:
+        model.backbone(torch.zeros(1, 3, 128, 160))
+    attention_and_patches = counter.get_total_flops() - linear
+    assert 0 < attention_and_patches < 0.5 * linear
+    measured("plaindet-t GFLOPs at 640x640 (2 per multiply-add)", f"{count_flops(config, 640) / 1e9:.1f}")

@@ -280,7 +280,8 @@ def models_cmd() -> None:
 
     table = Table(title="plaindet models", title_justify="left", caption="GFLOPs: 2 per multiply-add, batch 1, square input")
     for column in ("model", "parameters", "GFLOPs 640", "image size", "GFLOPs", "what it is"):
-        table.add_column(column, justify="left" if column in ("model", "what it is") else "right")
+        # Only the description wraps: names and numbers stay whole however narrow the terminal.
+        table.add_column(column, justify="left" if column in ("model", "what it is") else "right", no_wrap=column != "what it is", min_width=None if column == "what it is" else len(column))
     for name in list_models():
         config = model_config(name)
         flops = [count_flops(config, 640) / 1e9, count_flops(config, config.image_size) / 1e9]

@@ -13,7 +13,7 @@ Latency is wall time per batch of ``runs`` timed calls after ``warmup`` untimed 
 post-processing is a separate call, and cheap). Random weights do not change the cost of these
 models, so latency needs no trained checkpoint.
 
-How far each row is from what the machine can do: its GFLOPs (``torch.utils.flop_counter``, 2 per
+How far each row is from what the machine can do: its GFLOPs (:func:`plaindet.flops.flop_counter`, 2 per
 multiply-add; an ONNX row has the PyTorch model's), the GFLOP/s it achieves, and their share of the
 machine's matrix-multiply peak at that precision, measured in the same run by a worker of its own
 (:func:`matmul_peak`: the best of square fp32 and bf16 products with the same threads).
@@ -126,7 +126,8 @@ def reference_model(name: str):
     """A transformers reference detector with random weights, built from its config alone (no timm,
     no download): ``detr-r50`` (``DetrForObjectDetection``, ResNet-50) or ``rtdetr-r18``
     (``RTDetrForObjectDetection`` with the dims of RT-DETR-R18: ResNet-18-vd, hidden expansion 0.5,
-    3 decoder layers). 80 classes."""
+    3 decoder layers) or ``yolos-tiny`` (``YolosForObjectDetection`` with hustvl/yolos-tiny's dims:
+    a DeiT-Ti, 100 detection tokens, position embeddings of an 800x1333 grid resized to the input). 80 classes."""
     from transformers import (
         DetrConfig,
         DetrForObjectDetection,
@@ -134,6 +135,8 @@ def reference_model(name: str):
         RTDetrConfig,
         RTDetrForObjectDetection,
         RTDetrResNetConfig,
+        YolosConfig,
+        YolosForObjectDetection,
     )
 
     if name == "detr-r50":
@@ -149,7 +152,13 @@ def reference_model(name: str):
         )
         config = RTDetrConfig(backbone_config=backbone, encoder_in_channels=[128, 256, 512], hidden_expansion=0.5, decoder_layers=3, num_labels=80)
         return RTDetrForObjectDetection(config).eval()
-    raise ValueError(f"unknown reference model {name!r}: detr-r50 or rtdetr-r18")
+    if name == "yolos-tiny":
+        config = YolosConfig(
+            hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768, image_size=[800, 1333],
+            num_detection_tokens=100, use_mid_position_embeddings=False, num_labels=80,
+        )  # fmt: skip
+        return YolosForObjectDetection(config).eval()
+    raise ValueError(f"unknown reference model {name!r}: detr-r50, rtdetr-r18 or yolos-tiny")
 
 
 def matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048), runs: int = 5) -> dict[str, float]:
@@ -171,10 +180,10 @@ def matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048), runs: int =
 
 
 def _flops(call) -> int:
-    """FLOPs of one ``call()`` (torch.utils.flop_counter: 2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one ``call()`` (:func:`plaindet.flops.flop_counter`: 2 per multiply-add)."""
+    from plaindet.flops import flop_counter
 
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         call()
     return counter.get_total_flops()
 
@@ -219,6 +228,7 @@ def _worker(spec: WorkerSpec) -> dict[str, Any]:
         def call():
             return model.postprocess(model(images))
 
+    model.requires_grad_(False)  # inference only (and the FLOP counter's module hooks need no autograd)
     weights_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
     dtype = torch.bfloat16 if spec.precision == "bf16" else None
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -351,8 +361,8 @@ def format_table(rows: list[BenchmarkRow], *, size: int, threads: int) -> str:
     if measured_peak:
         lines.insert(1, f"matmul peak in this run: {measured_peak}; GFLOPs: 2 per multiply-add, per batch")
     for r in rows:
-        flops = f"{r.flops / 1e9:>7.1f} {r.gflops_per_s:>8.1f}" if r.flops is not None else f"{'':>7} {'':>8}"
-        share = f"{100 * r.share_of_peak:>7.0f}%" if r.share_of_peak is not None else f"{'':>8}"
+        flops = f"{r.flops / 1e9:>7.1f} {r.gflops_per_s:>8.1f}" if r.flops is not None else f"{'-':>7} {'-':>8}"
+        share = f"{100 * r.share_of_peak:>7.0f}%" if r.share_of_peak is not None else f"{'-':>8}"
         lines.append(
             f"{r.model:<14} {r.backend:<12} {r.precision:<13} {r.size_mb:>8.1f} {r.median_ms:>10.0f} {r.p90_ms:>8.0f} "
             f"{r.images_per_s:>7.2f} {r.peak_rss_mb:>12.0f} {r.median_ms / base.median_ms:>8.2f}x {flops} {share}  {r.note}"

@@ -85,21 +85,19 @@ def count_flops(config: DetectionConfig, size: int | tuple[int, int] = 640, batc
     on ``batch`` images of ``size`` (``(height, width)``, or a square side; rounded up to the size
     divisor as prediction pads them).
 
-    Counted by ``torch.utils.flop_counter`` on the meta device (shapes only: no memory, no weights):
-    2 FLOPs per multiply-add of matrix products, convolutions and attention; element-wise operations,
-    norms and softmax are not counted (the convention of the field's GFLOPs, which count
-    multiply-adds, give half of this number: fvcore counts one multiply-add as one flop). The
+    Counted by :func:`plaindet.flops.flop_counter` on the meta device (shapes only: no memory, no
+    weights; 2 FLOPs per multiply-add, see that module for the convention). The
     patch-token decoder is counted at its full length (``3 * max_objects + 1`` steps), an upper
     bound of what an image costs.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from plaindet.flops import flop_counter
 
     h, w = (size, size) if isinstance(size, int) else size
     with torch.device("meta"):
-        model = config.model_class()(config).eval()
+        model = config.model_class()(config).eval().requires_grad_(False)  # the counter's module hooks need no autograd
         div = model.size_divisor
         images = torch.zeros(batch, 3, -(-h // div) * div, -(-w // div) * div, dtype=torch.uint8)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter() as counter:
             model.postprocess(model(images))
     return counter.get_total_flops()
 
