@@ -263,6 +263,51 @@ def test_one_to_many_match_gives_at_most_topk_per_object_and_each_prediction_onc
         assert set(gt.tolist()) <= set(range(len(tgt["labels"])))
 
 
+def _per_image_matches(criterion: OneToOneCriterion, out: dict, targets: list[dict]):
+    """OneNet's matching written the plain way, one image at a time (the reference for the batched code)."""
+    from plaindet.ops.boxes import generalized_box_iou
+    from plaindet.ops.losses import focal_cost
+    from plaindet.ops.matching import min_cost_assignment
+
+    w, ones, manys = criterion.w, [], []
+    for logits, boxes, t in zip(out["logits"], out["boxes"].float(), targets):
+        gt, (h, wd) = t["boxes"].float(), t["size"]
+        scale = torch.tensor([wd, h, wd, h], dtype=torch.float32)
+        cost = (
+            w.cls * focal_cost(logits, w.focal_alpha, w.focal_gamma)[:, t["labels"]]
+            + w.l1 * (boxes[:, None] / scale - gt[None] / scale).abs().sum(-1)
+            - w.giou * generalized_box_iou(boxes, gt)
+        )
+        ones.append(min_cost_assignment(cost))
+        c = out["centers"]
+        inside = (c[:, None, 0] > gt[:, 0]) & (c[:, None, 0] < gt[:, 2]) & (c[:, None, 1] > gt[:, 1]) & (c[:, None, 1] < gt[:, 3])
+        cost = cost + (~inside) * 1e4
+        pairs = []
+        for loc in range(cost.shape[0]):  # each location: the cheapest object whose top-k it is in
+            owners = [j for j in range(cost.shape[1]) if loc in cost[:, j].topk(min(criterion.aux_topk, cost.shape[0]), largest=False).indices]
+            if owners:
+                pairs.append((loc, min(owners, key=lambda j: cost[loc, j])))
+        manys.append(pairs)
+    return ones, manys
+
+
+def test_batched_matching_equals_per_image_matching(tiny_model):
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        out = tiny_model(torch.randint(0, 256, (4, 3, 96, 128), dtype=torch.uint8, generator=g))
+    targets = random_targets(g, [5, 0, 1, 3], 96, 128, num_classes=3)
+    criterion = OneToOneCriterion(3, aux_topk=3)
+    ones, manys = _per_image_matches(criterion, out, targets)
+    for (pred, gt), (ref_pred, ref_gt) in zip(criterion.match(out, targets), ones):
+        assert pred.tolist() == ref_pred.tolist() and gt.tolist() == ref_gt.tolist()
+    for (pred, gt), ref in zip(criterion.match_many(out, targets), manys):
+        assert list(zip(pred.tolist(), gt.tolist())) == ref
+    assert sum(len(r) for r in manys) > 4  # the comparison covered real matches
+    cost, _, valid = criterion.costs(out, targets)
+    assert cost.shape[2] == 5 and valid.sum(1).tolist() == [5, 0, 1, 3]
+    assert torch.isinf(cost[~valid[:, None].expand_as(cost)]).all() and torch.isfinite(cost[valid[:, None].expand_as(cost)]).all()
+
+
 # ------------------------------------------------------------------------------------------------
 # Save and load
 

@@ -53,58 +53,60 @@ class OneToOneCriterion(nn.Module):
         self.aux_topk = aux_topk
         self.quality_targets = quality_targets
 
-    def _costs(self, logits: Tensor, boxes: Tensor, tgt: dict) -> tuple[Tensor, Tensor]:
-        """``(L, N)`` matching cost and ``(L, N)`` GIoU for one image."""
-        h, w = (float(v) for v in tgt["size"])
-        scale = boxes.new_tensor([w, h, w, h])
-        gt_boxes = tgt["boxes"].to(boxes)
-        cost_cls = focal_cost(logits, self.w.focal_alpha, self.w.focal_gamma)[:, tgt["labels"]]
-        cost_l1 = torch.cdist(boxes / scale, gt_boxes / scale, p=1)
-        giou = generalized_box_iou(boxes, gt_boxes)
-        return self.w.cls * cost_cls + self.w.l1 * cost_l1 - self.w.giou * giou, giou
+    def costs(self, outputs: dict, targets: list[dict]) -> tuple[Tensor, Tensor, Tensor]:
+        """The matching cost of every location against every object of its image, for the whole batch
+        at once: ``cost (B, L, G)``, ``giou (B, L, G)`` and ``valid (B, G)``, with ``G`` the largest
+        object count of the batch; columns past an image's own objects are padding (``valid`` False,
+        cost ``inf``). ``cls * focal_cost + l1 * L1(boxes / image size) - giou * GIoU``."""
+        logits, boxes = outputs["logits"], outputs["boxes"].float()
+        b, n_loc, _ = logits.shape
+        counts = [len(t["labels"]) for t in targets]
+        g = max(counts, default=0)
+        labels = logits.new_zeros((b, g), dtype=torch.int64)
+        gt = boxes.new_zeros((b, g, 4))
+        gt[..., 2:] = 1.0  # padding boxes are unit squares, so every GIoU stays finite
+        valid = torch.zeros((b, g), dtype=torch.bool, device=logits.device)
+        for i, (t, n) in enumerate(zip(targets, counts)):
+            labels[i, :n], gt[i, :n], valid[i, :n] = t["labels"], t["boxes"].to(boxes), True
+        scale = torch.stack([boxes.new_tensor([float(t["size"][1]), float(t["size"][0])] * 2) for t in targets])[:, None]  # (B, 1, 4)
+        cost_cls = focal_cost(logits, self.w.focal_alpha, self.w.focal_gamma).gather(2, labels[:, None].expand(b, n_loc, g))
+        cost_l1 = torch.cdist(boxes / scale, gt / scale, p=1)
+        giou = generalized_box_iou(boxes, gt)
+        cost = self.w.cls * cost_cls + self.w.l1 * cost_l1 - self.w.giou * giou
+        return cost.masked_fill(~valid[:, None], float("inf")), giou, valid
 
     @torch.no_grad()
     def match(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
-        """One-to-one: per image ``(pred_idx, gt_idx)``, each prediction and object used once."""
-        result = []
-        for logits, boxes, tgt in zip(outputs["logits"], outputs["boxes"].float(), targets):
-            if len(tgt["labels"]) == 0:
-                empty = torch.empty(0, dtype=torch.int64, device=logits.device)
-                result.append((empty, empty))
-                continue
-            cost, _ = self._costs(logits, boxes, tgt)
-            result.append(min_cost_assignment(cost))
-        return result
+        """One-to-one: per image ``(pred_idx, gt_idx)``, each prediction and object used once. The costs
+        of the whole batch are built in one pass and copied to the host once; scipy solves each image."""
+        cost, _, _ = self.costs(outputs, targets)
+        host, device = cost.cpu(), cost.device
+        pairs = (min_cost_assignment(host[i, :, : len(t["labels"])]) for i, t in enumerate(targets))
+        return [(p.to(device), g.to(device)) for p, g in pairs]
 
     @torch.no_grad()
     def match_many(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
-        """One-to-many: per image ``(pred_idx, gt_idx)``; a prediction claimed twice goes to the cheaper object."""
+        """One-to-many: per image ``(pred_idx, gt_idx)``: each object's ``aux_topk`` cheapest locations
+        (among those whose center lies inside its box); a location claimed twice goes to the cheaper object."""
+        cost, _, _ = self.costs(outputs, targets)
+        b, n_loc, g = cost.shape
+        if g == 0:
+            empty = torch.empty(0, dtype=torch.int64, device=cost.device)
+            return [(empty, empty) for _ in targets]
+        gt = torch.zeros((b, g, 4), device=cost.device)
+        for i, t in enumerate(targets):
+            gt[i, : len(t["labels"])] = t["boxes"].to(gt)
+        cx, cy = outputs["centers"][None, :, 0, None], outputs["centers"][None, :, 1, None]  # (1, L, 1)
+        inside = (cx > gt[:, None, :, 0]) & (cx < gt[:, None, :, 2]) & (cy > gt[:, None, :, 1]) & (cy < gt[:, None, :, 3])
+        # Locations outside a box may still be chosen for tiny boxes with no center inside.
+        cost = cost + (~inside) * 1e4
+        top = cost.topk(min(self.aux_topk, n_loc), dim=1, largest=False).indices  # (B, k, G)
+        claimed = torch.zeros_like(cost, dtype=torch.bool).scatter_(1, top, True)  # padding columns cost inf: never chosen
+        best_cost, best_gt = cost.masked_fill(~claimed, float("inf")).min(dim=2)  # (B, L)
         result = []
-        centers = outputs["centers"]
-        for logits, boxes, tgt in zip(outputs["logits"], outputs["boxes"].float(), targets):
-            n = len(tgt["labels"])
-            if n == 0:
-                empty = torch.empty(0, dtype=torch.int64, device=logits.device)
-                result.append((empty, empty))
-                continue
-            cost, _ = self._costs(logits, boxes, tgt)
-            gt = tgt["boxes"].to(boxes)
-            inside = (
-                (centers[:, None, 0] > gt[None, :, 0])
-                & (centers[:, None, 0] < gt[None, :, 2])
-                & (centers[:, None, 1] > gt[None, :, 1])
-                & (centers[:, None, 1] < gt[None, :, 3])
-            )
-            # Locations outside a box may still be chosen for tiny boxes with no center inside.
-            cost = cost + (~inside) * 1e4
-            k = min(self.aux_topk, cost.shape[0])
-            top = cost.topk(k, dim=0, largest=False).indices  # (k, N)
-            claimed = torch.zeros_like(cost, dtype=torch.bool)
-            claimed.scatter_(0, top, True)
-            masked = cost.masked_fill(~claimed, float("inf"))
-            best_cost, best_gt = masked.min(dim=1)
-            pred_idx = torch.nonzero(torch.isfinite(best_cost)).squeeze(1)
-            result.append((pred_idx, best_gt[pred_idx]))
+        for i in range(b):
+            pred_idx = torch.nonzero(torch.isfinite(best_cost[i])).squeeze(1)
+            result.append((pred_idx, best_gt[i, pred_idx]))
         return result
 
     def _branch_loss(self, outputs: dict, targets: list[dict], indices: list[tuple[Tensor, Tensor]], num_boxes: float) -> dict[str, Tensor]:
