@@ -18,6 +18,7 @@ SMALL = {
     "plaindet-b": {"neck_channels": 32, "backbone": {"depth": 1, "width": 96, "heads": 2}},
     "detr-r18": {"hidden_dim": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 10, "dropout": 0.0},
     "detr-r50": {"hidden_dim": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 10, "dropout": 0.0},
+    "detr-bit50": {"hidden_dim": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 10, "dropout": 0.0},
     "deperceiver-r18": {"hidden_dim": 32, "heads": 2, "num_latents": 8, "latent_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 10, "dropout": 0.0},
     "deperceiver-r50": {"hidden_dim": 32, "heads": 2, "num_latents": 8, "latent_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 10, "dropout": 0.0},
     "patchtok-ti": {"backbone": {"depth": 2}, "decoder": {"width": 32, "depth": 1, "heads": 2, "dropout": 0.0}, "max_objects": 4},

@@ -8,7 +8,8 @@
 - **Reading pretrained weights** (:func:`read_state_dict`), the one reader every backbone's weight
   loader uses: a ``.safetensors`` file, a ``.bin``/``.pt``/``.pth``/``.ckpt`` file of tensors only
   (``torch.load(weights_only=True)``: nothing that needs Python code to unpickle is ever loaded), a
-  folder holding one (a downloaded Hub snapshot), an in-memory state dict, or a Hugging Face Hub id.
+  NumPy ``.npz`` archive (Google's checkpoints; ``numpy.load(allow_pickle=False)``), a folder holding
+  one of the Hub files (a downloaded Hub snapshot), an in-memory state dict, or a Hugging Face Hub id.
 
 Nothing here unpickles code.
 """
@@ -32,6 +33,7 @@ __all__ = ["HUB_FILENAMES", "atomic_write", "read_config", "read_safetensors", "
 # Files tried, in order, when weights are given as a Hub id or a folder. Safetensors first: no pickle at all.
 HUB_FILENAMES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 _TORCH_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+_NUMPY_SUFFIX = ".npz"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -128,9 +130,11 @@ def read_state_dict(source: Any) -> dict:
     """The tensors of a weights file, with the keys as stored (no renaming).
 
     Args:
-        source: a path to a ``.safetensors`` / ``.bin`` / ``.pt`` / ``.pth`` / ``.ckpt`` file, a folder
-            holding one of :data:`HUB_FILENAMES` (a downloaded Hub snapshot), a mapping of names to
-            tensors, or a Hub repository id (``"org/name"``, optionally ``"hf-hub:org/name"``).
+        source: a path to a ``.safetensors`` / ``.bin`` / ``.pt`` / ``.pth`` / ``.ckpt`` / ``.npz`` file,
+            a folder holding one of :data:`HUB_FILENAMES` (a downloaded Hub snapshot), a mapping of
+            names to tensors, or a Hub repository id (``"org/name"``, optionally ``"hf-hub:org/name"``).
+            A ``.npz`` archive's arrays become tensors as they are stored (Google's convolution
+            kernels stay HWIO: converting a layout is its loader's job).
 
     A training checkpoint that nests the weights under ``"state_dict"`` or ``"model"`` is unwrapped,
     and a ``module.`` prefix (DistributedDataParallel) is removed.
@@ -158,7 +162,7 @@ def read_state_dict(source: Any) -> dict:
 
 
 def _looks_like_repo_id(name: str) -> bool:
-    weight_suffixes = {".safetensors", *_TORCH_SUFFIXES}
+    weight_suffixes = {".safetensors", _NUMPY_SUFFIX, *_TORCH_SUFFIXES}
     return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and Path(name).suffix not in weight_suffixes
 
 
@@ -187,8 +191,10 @@ def _read_file(path: Path) -> dict:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    if suffix == _NUMPY_SUFFIX:
+        return _read_npz(path)
     if suffix not in _TORCH_SUFFIXES:
-        raise WeightsError(f"{path}: unknown weights format {suffix!r}; expected .safetensors, .bin, .pt or .pth")
+        raise WeightsError(f"{path}: unknown weights format {suffix!r}; expected .safetensors, .bin, .pt, .pth or .npz")
     if _is_torchscript(path):
         # OpenAI's original ViT-B-16.pt etc. are TorchScript programs, not state dicts.
         raise WeightsError(
@@ -206,6 +212,39 @@ def _read_file(path: Path) -> dict:
         ) from e
     except (RuntimeError, OSError, EOFError) as e:  # truncated or not a torch file at all
         raise WeightsError(f"{path}: not a readable PyTorch weights file ({e})") from None
+
+
+def _read_npz(path: Path) -> dict:
+    """The arrays of a ``.npz`` archive as tensors, read with ``allow_pickle=False``: an archive that
+    holds pickled objects (object arrays) is refused with the name of the offending entry, never
+    unpickled."""
+    import numpy as np
+    import torch
+
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except ValueError as e:  # a pickle file, whatever its suffix
+        raise WeightsError(f"{path} is a pickle, not a .npz archive of arrays; it is refused (unpickling it could run code)") from e
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise WeightsError(f"{path}: not a readable .npz file ({e})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise WeightsError(f"{path}: a single NumPy array, not a .npz archive of named arrays")
+    state = {}
+    with archive:
+        for name in archive.files:
+            try:
+                array = archive[name]
+            except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+                raise WeightsError(
+                    f"{path}: entry {name!r} holds pickled Python objects, and loading it would run code from the file, so "
+                    "the file is refused; an archive of weights holds only numeric arrays"
+                ) from e
+            except (OSError, EOFError, zipfile.BadZipFile) as e:
+                raise WeightsError(f"{path}: entry {name!r} is not readable ({e})") from None
+            if array.dtype.kind not in "fiub":
+                raise WeightsError(f"{path}: entry {name!r} is not a numeric array (dtype {array.dtype})")
+            state[name] = torch.from_numpy(np.ascontiguousarray(array))
+    return state
 
 
 def _unwrap(sd: dict, where: str) -> dict:

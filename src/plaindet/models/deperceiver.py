@@ -7,7 +7,8 @@ latent self-attention blocks (cost independent of the image), and the object que
 against the latents with DETR's decoder, heads, auxiliary losses, criterion and matcher.
 
 Linear cost lets the model read finer features: ``downsample_factor`` (4, 8, 16 or 32) picks the
-ResNet stage it reads (``layer1``..``layer4``); with ``multi_scale`` it also reads every coarser
+backbone stage it reads (the ResNet's ``layer1``..``layer4``, or BiT's ``stages.0``..``stages.3``
+with ``backbone="bit"``); with ``multi_scale`` it also reads every coarser
 stage, all pixels of all scales concatenated into one sequence with a learned per-scale embedding.
 """
 
@@ -18,12 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from plaindet.models.detr import BoxHead, SetDetector, SetDetectorConfig, TransformerDecoder, sine_position_embedding, xavier_init
+from plaindet.models.detr import BoxHead, SetDetector, SetDetectorConfig, TransformerDecoder, build_backbone, sine_position_embedding, xavier_init
 from plaindet.models.layers import Attention, Mlp
 from plaindet.models.registry import register_model
-from plaindet.models.resnet import ResNet
 
-STRIDES = (4, 8, 16, 32)  # of ResNet layer1..layer4
+STRIDES = (4, 8, 16, 32)  # of the backbone's stages (ResNet layer1..layer4, BiT stages.0..3)
 
 
 @dataclass
@@ -118,7 +118,7 @@ class PerceiverEncoder(nn.Module):
 
 
 class DePerceiver(SetDetector):
-    """ResNet -> per-scale 1x1 projections + sine positions (+ scale embeddings) -> Perceiver IO
+    """ResNet (or BiT) -> per-scale 1x1 projections + sine positions (+ scale embeddings) -> Perceiver IO
     latents -> DETR decoder (queries attend to the latents) -> class/box heads.
 
     See :class:`~plaindet.models.detr.SetDetector` for the forward contract.
@@ -129,8 +129,8 @@ class DePerceiver(SetDetector):
         self.config = config
         d = config.hidden_dim
         strides = config.strides()
-        # Build the ResNet only as deep as the coarsest stride read.
-        self.backbone = ResNet(config.backbone_depth, num_stages=STRIDES.index(strides[-1]) + 1)
+        # Build the backbone only as deep as the coarsest stride read.
+        self.backbone = build_backbone(config, num_stages=STRIDES.index(strides[-1]) + 1)
         self._stage_index = [STRIDES.index(s) for s in strides]
         self.input_proj = nn.ModuleList(nn.Conv2d(self.backbone.channels[i], d, kernel_size=1) for i in self._stage_index)
         # Sine positions are normalized to the image, so they agree across scales; this tells them apart.

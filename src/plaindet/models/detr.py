@@ -9,7 +9,8 @@ or memory-efficient kernel on GPU.
 
 The parts that DETR shares with the models built on it (:mod:`~plaindet.models.deperceiver`) live
 here: the decoder, the heads, :class:`SetDetectorConfig` (the fields they share), :class:`SetDetector`
-(normalization, heads, postprocess, criterion) and the backbone freezing rule. Weight conversion from
+(normalization, heads, postprocess, criterion), the backbone choice (:data:`BACKBONES`: torchvision's
+ResNet with frozen BatchNorm, or BiT's GroupNorm ResNet-v2) and the backbone freezing rule. Weight conversion from
 the published DETR checkpoints and from ``transformers`` is in :mod:`~plaindet.models.detr_weights`.
 
 Inputs are not masked: a padded batch's padding is part of the image the model sees, as for the
@@ -21,14 +22,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from plaindet.errors import ConfigError
 from plaindet.models.base import DetectionConfig, DetectionModel
-from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, Attention, Mlp, Normalize
+from plaindet.models.bit import BIT_LAYOUTS, BiT
+from plaindet.models.bit_weights import load_bit_weights
+from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Attention, Mlp, Normalize
 from plaindet.models.registry import register_model
 from plaindet.models.resnet import ResNet, load_resnet_weights
 from plaindet.models.set_criterion import SetCriterion, SetLossConfig
@@ -37,8 +41,26 @@ from plaindet.ops.boxes import cxcywh_to_xyxy
 log = logging.getLogger("plaindet")
 
 # DETR's recipe with pretrained ResNet weights: the stem and layer1 stay frozen, the rest fine-tunes
-# (at the engine's backbone_lr_mult, 0.1: DETR's 1e-5 against 1e-4).
+# (at the engine's backbone_lr_mult, 0.1: DETR's 1e-5 against 1e-4). The same for BiT: its first
+# filters are as generic, and its GroupNorms (no batch statistics) fine-tune with their stages.
 PRETRAINED_FROZEN_STAGES = 2
+
+
+class Backbone(NamedTuple):
+    """A backbone family: ``build(depth, num_stages)``, its weight loader, the input statistics its
+    pretrained weights expect, and what its weights are (for messages)."""
+
+    build: Callable[[int, int], nn.Module]
+    load_weights: Callable[[nn.Module, Any], None]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet": Backbone(ResNet, load_resnet_weights, IMAGENET_MEAN, IMAGENET_STD, "torchvision-layout ResNet weights"),
+    "bit": Backbone(BiT, load_bit_weights, INCEPTION_MEAN, INCEPTION_STD, "BiT weights: Google's .npz, timm's or transformers' layout"),
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,14 +219,20 @@ def xavier_init(module: nn.Module) -> None:
 class SetDetectorConfig(DetectionConfig):
     """The fields DETR and the models built on it share; saved inside every checkpoint.
 
-    ``backbone_depth``: the ResNet's depth (18, 34, 50, 101, 152). ``frozen_stages``: leading backbone
-    units that do not train (stem = 1, stem + layer1 = 2, ...); ``None`` is resolved at build: 2 with
-    pretrained ResNet weights (DETR's recipe), 0 without. The decoder: ``decoder_layers`` of width
+    ``backbone``: ``"resnet"`` (:class:`~plaindet.models.resnet.ResNet`, torchvision's layout, frozen
+    BatchNorm, ImageNet input statistics) or ``"bit"`` (:class:`~plaindet.models.bit.BiT`, BiT's
+    ResNet-v2 with weight-standardized convolutions and GroupNorm, inputs scaled to [-1, 1]).
+    ``backbone_depth``: its depth (ResNet 18, 34, 50, 101, 152; BiT 50, 101). ``frozen_stages``:
+    leading backbone units that do not train (stem = 1, stem + first stage = 2, ...); ``None`` is
+    resolved at build: 2 with pretrained backbone weights (DETR's recipe), 0 without. BiT's GroupNorm
+    affine terms are parameters that freeze and train with their unit (the ResNet's BatchNorm terms
+    are fixed buffers everywhere). The decoder: ``decoder_layers`` of width
     ``hidden_dim`` with ``heads`` heads and ``ffn_dim`` feed-forward channels, ``num_queries`` object
     queries; ``aux_loss`` supervises every decoder layer's output in training.
     """
 
     name: str = "detr"
+    backbone: str = "resnet"
     backbone_depth: int = 50
     frozen_stages: int | None = None
     hidden_dim: int = 256
@@ -219,35 +247,51 @@ class SetDetectorConfig(DetectionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {', '.join(map(repr, BACKBONES))}, got {self.backbone!r}")
+        if self.backbone == "bit" and self.backbone_depth not in BIT_LAYOUTS:
+            raise ConfigError(f"a BiT backbone's depth must be one of {sorted(BIT_LAYOUTS)}, got backbone_depth={self.backbone_depth}")
         if self.frozen_stages is not None and not 0 <= self.frozen_stages <= 5:
             raise ValueError(f"frozen_stages must be 0 (nothing frozen) to 5 (stem and 4 stages), got {self.frozen_stages}")
 
     def build(self, backbone_weights: Any = None) -> SetDetector:
-        """A new model; ``backbone_weights`` (torchvision-layout ResNet weights: a local file or a
-        state dict) are loaded with DETR's freezing: stem and layer1 frozen once pretrained weights
-        are loaded, nothing frozen for a random backbone (whose frozen features would be of no use).
-        An explicit ``frozen_stages`` wins."""
+        """A new model; ``backbone_weights`` (a local file or a state dict: torchvision-layout ResNet
+        weights for ``backbone="resnet"``, BiT weights in Google's ``.npz``, timm's or transformers'
+        layout for ``"bit"``) are loaded with DETR's freezing: stem and first stage frozen once
+        pretrained weights are loaded, nothing frozen for a random backbone (whose frozen features
+        would be of no use). An explicit ``frozen_stages`` wins."""
         model = self.model_class()(self)
+        kind = BACKBONES[self.backbone]
         if backbone_weights is not None:
-            load_resnet_weights(model.backbone, backbone_weights)
+            kind.load_weights(model.backbone, backbone_weights)
             if self.frozen_stages is None:
                 self.frozen_stages = PRETRAINED_FROZEN_STAGES
         elif self.frozen_stages is None:
             self.frozen_stages = 0
             log.warning(
-                "%s: built without backbone weights, so the whole ResNet trains from scratch; pass "
-                "backbone_weights= (torchvision-layout ResNet weights) to fine-tune a pretrained one",
+                "%s: built without backbone weights, so the whole %s trains from scratch; pass "
+                "backbone_weights= (%s) to fine-tune a pretrained one",
                 self.name,
+                "ResNet" if self.backbone == "resnet" else "BiT backbone",
+                kind.weights,
             )
         model.backbone.freeze_stages(self.frozen_stages)
         return model
 
 
-class SetDetector(DetectionModel):
-    """What DETR-style models share: pixel normalization, a ResNet, object queries decoded against a
-    memory, class and box heads on every decoder layer, the set criterion and the postprocess.
+def build_backbone(config: SetDetectorConfig, num_stages: int = 4) -> nn.Module:
+    """The backbone ``config`` names, with its first ``num_stages`` stages: ``forward`` returns their
+    feature maps (strides 4, 8, 16, 32); ``channels``, ``num_stages`` and ``freeze_stages`` as
+    :class:`~plaindet.models.resnet.ResNet` has them."""
+    return BACKBONES[config.backbone].build(config.backbone_depth, num_stages)
 
-    A subclass builds ``self.backbone`` (a :class:`ResNet`), ``self.decoder`` (a
+
+class SetDetector(DetectionModel):
+    """What DETR-style models share: pixel normalization, a ResNet or BiT backbone, object queries
+    decoded against a memory, class and box heads on every decoder layer, the set criterion and the
+    postprocess.
+
+    A subclass builds ``self.backbone`` (with :func:`build_backbone`), ``self.decoder`` (a
     :class:`TransformerDecoder`), ``self.query_embed``, ``self.class_embed``, ``self.bbox_embed`` and
     implements :meth:`encode`, then calls :meth:`_finish_init`.
 
@@ -264,7 +308,8 @@ class SetDetector(DetectionModel):
     config: Any
 
     def _finish_init(self) -> None:
-        self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        kind = BACKBONES[self.config.backbone]
+        self.normalize = Normalize(kind.mean, kind.std)
         if self.config.frozen_stages is not None:
             self.backbone.freeze_stages(self.config.frozen_stages)
 
@@ -336,7 +381,7 @@ class DetrConfig(SetDetectorConfig):
 
 
 class DETR(SetDetector):
-    """ResNet -> 1x1 projection + sine positions -> transformer encoder -> decoder -> class/box heads.
+    """ResNet (or BiT) -> 1x1 projection + sine positions -> transformer encoder -> decoder -> class/box heads.
 
     See :class:`SetDetector` for the forward contract. Parameter names follow the published DETR
     closely (``backbone``, ``input_proj``, ``query_embed``, ``class_embed``, ``bbox_embed``), see
@@ -347,7 +392,7 @@ class DETR(SetDetector):
         super().__init__()
         self.config = config
         d = config.hidden_dim
-        self.backbone = ResNet(config.backbone_depth)
+        self.backbone = build_backbone(config)
         self.input_proj = nn.Conv2d(self.backbone.channels[-1], d, kernel_size=1)
         self.encoder = TransformerEncoder(d, config.heads, config.ffn_dim, config.encoder_layers, config.dropout)
         self.decoder = TransformerDecoder(d, config.heads, config.ffn_dim, config.decoder_layers, config.dropout)
@@ -370,6 +415,12 @@ class DETR(SetDetector):
 def detr_r50() -> DetrConfig:
     """DETR with a ResNet-50 (the paper's DETR-R50, 41M parameters): 6 + 6 layers, 100 queries."""
     return DetrConfig(name="detr-r50", backbone_depth=50)
+
+
+@register_model
+def detr_bit50() -> DetrConfig:
+    """DETR with a BiT-S ResNet-50x1 backbone (GroupNorm, weight standardization): 6 + 6 layers, 100 queries."""
+    return DetrConfig(name="detr-bit50", backbone="bit", backbone_depth=50)
 
 
 @register_model

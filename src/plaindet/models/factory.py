@@ -54,7 +54,8 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
         num_classes: number of classes; ``class_names`` (a list) may be given instead or too.
         backbone_weights: pretrained backbone weights (a local file, a Hugging Face Hub id or a state
             dict: CLIP image-encoder weights for plaindet, ResNet weights for DETR and DePerceiver,
-            DeiT weights for the patch-token models); a pretrained ViT backbone is frozen.
+            or BiT weights (Google's ``.npz``, timm or transformers) with ``backbone="bit"``, DeiT
+            weights for the patch-token models); a pretrained ViT backbone is frozen.
         overrides: any config field, checked strictly (nested configs take dicts, e.g.
             ``backbone=dict(window_size=0)``).
     """

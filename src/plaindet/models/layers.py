@@ -3,8 +3,9 @@
 Each is written once here (as ``timm.layers`` does for timm) and composed by the models:
 
 - :class:`Normalize`: images in [0, 255] to a backbone's normalized input, inside the model so a
-  deployed graph takes raw pixels. :data:`CLIP_MEAN`/:data:`CLIP_STD` and
-  :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD` are the statistics of the pretrained backbones.
+  deployed graph takes raw pixels. :data:`CLIP_MEAN`/:data:`CLIP_STD`,
+  :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD` and :data:`INCEPTION_MEAN`/:data:`INCEPTION_STD` are the
+  statistics of the pretrained backbones.
 - :class:`Mlp`: ``fc2(dropout(act(fc1(x))))``, the feed-forward of every transformer here.
 - :class:`SelfAttention`: multi-head self-attention with one fused ``qkv`` projection (the ViT, and
   the patch-token decoder's causal attention, which extend it).
@@ -31,6 +32,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pixels scaled to [-1, 1]: Google's BiT (and Inception) preprocessing; timm calls them IMAGENET_INCEPTION_*.
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
 class Normalize(nn.Module):
