@@ -15,9 +15,11 @@ Each is written once here (as ``timm.layers`` does for timm) and composed by the
 - :class:`LayerNorm2d`: LayerNorm over the channels of a feature map (the neck and the dense head).
 - :func:`drop_path`: stochastic depth of a residual branch.
 
-Attention runs through ``F.scaled_dot_product_attention``, which picks a fused (flash or
-memory-efficient) kernel where the device has one. Tensors are ``(B, L, C)``; heads are split into
-``(B, heads, L, C / heads)`` by :func:`split_heads` and merged back by :func:`merge_heads`.
+Every attention here goes through :func:`attention`: ``F.scaled_dot_product_attention`` (a fused
+flash or memory-efficient kernel where the device has one), except where two batched matrix
+products and a softmax are measured to be faster (training on CPU: see :func:`attention`). Tensors
+are ``(B, L, C)``; heads are split into ``(B, heads, L, C / heads)`` by :func:`split_heads` and
+merged back by :func:`merge_heads`.
 """
 
 from __future__ import annotations
@@ -115,6 +117,46 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+# Below this many keys, fp32 training on CPU is faster through two matrix products than through the
+# flash kernel; in bf16 they are faster at every length measured (benchmarks/bench_attention.py --train).
+MATMUL_MAX_KEYS_FP32 = 128
+
+
+def _use_matmul(q: Tensor, k: Tensor) -> bool:
+    """Whether :func:`attention` takes the matmul path: on CPU, when a backward pass will follow."""
+    if q.device.type != "cpu" or not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)):
+        return False
+    return q.dtype == torch.bfloat16 or k.shape[-2] <= MATMUL_MAX_KEYS_FP32
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0) -> Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v`` for ``q (..., Lq, d)``, ``k``, ``v (..., Lk, d)``; ``attn_mask``
+    bool (True = may attend) or additive, broadcastable to ``(..., Lq, Lk)``; as ``F.scaled_dot_product_attention``.
+
+    On CPU in training (a backward pass will follow) this runs as two batched matrix products and a
+    softmax: the CPU flash kernel's backward is slow at the sequence lengths of windowed ViTs and in
+    bf16 (``python benchmarks/bench_attention.py --train``: at 256 px, batch 8, bf16, windows of 64
+    patches 16.8 ms -> 2.8 ms, global blocks 10.5 -> 4.9 ms, forward and backward, with bf16
+    scores). The scores and the softmax are float32, as in the fused kernel, so the two paths differ
+    by rounding only; inference and export always use ``F.scaled_dot_product_attention``, the faster there.
+    """
+    if not _use_matmul(q, k):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
+    # Scores and softmax in float32, as the fused kernel keeps them (bf16 scores lose the small
+    # differences between large logits); autocast off so the float32 product stays float32.
+    with torch.autocast(q.device.type, enabled=False):
+        scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        if is_causal:
+            # top-left aligned, as F.scaled_dot_product_attention's is_causal
+            attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+        weights = scores.softmax(-1).to(v.dtype)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, dropout_p)
+        return torch.matmul(weights, v)
+
+
 def _check_heads(dim: int, heads: int) -> None:
     if dim % heads:
         raise ValueError(f"width {dim} is not divisible by {heads} heads")
@@ -143,7 +185,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         q, k, v = self.qkv_heads(x)
-        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)))
+        return self.proj(merge_heads(attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)))
 
 
 class Attention(nn.Module):
@@ -173,7 +215,7 @@ class Attention(nn.Module):
     def attend(self, query: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """``query (B, Lq, D)`` against projected ``k``, ``v`` (from :meth:`keys_values`) -> ``(B, Lq, D)``."""
         q = split_heads(self.q_proj(query), self.heads)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(merge_heads(out))
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plaindet.models.base import DetectionConfig, DetectionModel
-from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, Attention, Mlp, Normalize, SelfAttention, merge_heads
+from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, Attention, Mlp, Normalize, SelfAttention, attention, merge_heads
 from plaindet.models.registry import register_model
 from plaindet.models.vit import ViT, ViTConfig, deit_config
 
@@ -299,13 +299,13 @@ class CausalSelfAttention(SelfAttention):
         earlier tokens (then ``L`` must be 1). Returns the output and the keys/values to cache."""
         q, k, v = self.qkv_heads(x)
         if past is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = attention(q, k, v, is_causal=True)
         else:
             if x.shape[1] != 1:
                 raise ValueError("with a cache, decode one token at a time")
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
             # The one new token comes last: it may see every cached token, so no mask.
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = attention(q, k, v)
         return self.proj(merge_heads(out)), (k, v)
 
 

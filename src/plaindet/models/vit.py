@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from plaindet.models.layers import ACTIVATIONS, Mlp, SelfAttention, drop_path, merge_heads
+from plaindet.models.layers import ACTIVATIONS, Mlp, SelfAttention, attention, drop_path, merge_heads
 
 __all__ = ["ViT", "ViTConfig", "clip_config", "deit_config", "default_global_blocks", "resize_pos_embed"]
 
@@ -154,7 +154,7 @@ class WindowAttention(SelfAttention):
         nwh, nww = (h + pad_h) // ws, (w + pad_w) // ws
 
         # The class token queries every token, as in a global block.
-        cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v)
+        cls_out = attention(q[:, :, :1], k, v)
 
         def windows(t: Tensor) -> Tensor:
             # (B, nh, h*w, d) -> (B * nwh * nww, nh, ws*ws, d), zero-padded at the bottom/right
@@ -176,7 +176,7 @@ class WindowAttention(SelfAttention):
             valid = valid.view(nwh, ws, nww, ws).permute(0, 2, 1, 3).reshape(nwh * nww, ws * ws)
             valid = torch.cat([valid.new_ones(nwh * nww, 1), valid], dim=1)  # the class token
             mask = valid.repeat(B, 1)[:, None, None, :]  # (B * windows, 1, 1, 1 + ws*ws)
-        out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask)
+        out = attention(qw, kw, vw, attn_mask=mask)
 
         # Back to (B, nh, h*w, d), dropping the padding.
         out = out.view(B, nwh, nww, nh, ws, ws, d).permute(0, 3, 1, 4, 2, 5, 6)
