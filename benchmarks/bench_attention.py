@@ -9,7 +9,8 @@ fp32 and bf16, forward only or, with ``--train``, forward and backward (the grad
 through
 
 - ``sdpa``: ``F.scaled_dot_product_attention`` (on CPU, its flash-attention kernel);
-- ``matmul``: ``softmax(q k^T / sqrt(d)) v`` as two batched matrix products and a softmax.
+- ``matmul``: :func:`plaindet.models.layers.matmul_attention`, the path plaindet takes in CPU
+  training: two batched matrix products with float32 scores and softmax.
 
 Prints the median time, the attention's GFLOPs (2 per multiply-add: ``4 L^2 d`` per head) and the
 GFLOP/s achieved, and the machine's matmul peak measured in the same run, for comparison.
@@ -24,11 +25,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-
-def matmul_attention(q, k, v):
-    scores = torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-    return torch.matmul(scores.softmax(-1), v)
 
 
 def timed(fn, repeats: int) -> float:
@@ -54,6 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from plaindet.export.benchmark import matmul_peak
+    from plaindet.models.layers import matmul_attention
 
     torch.set_num_threads(args.threads)
     peak = matmul_peak(args.threads)

@@ -135,13 +135,18 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, 
 
     On CPU in training (a backward pass will follow) this runs as two batched matrix products and a
     softmax: the CPU flash kernel's backward is slow at the sequence lengths of windowed ViTs and in
-    bf16 (``python benchmarks/bench_attention.py --train``: at 256 px, batch 8, bf16, windows of 64
-    patches 16.8 ms -> 2.8 ms, global blocks 10.5 -> 4.9 ms, forward and backward, with bf16
-    scores). The scores and the softmax are float32, as in the fused kernel, so the two paths differ
+    bf16 (``python benchmarks/bench_attention.py --size 256 --window 8 --batch 8 --train --models Ti``,
+    forward and backward in bf16: windows of 64 patches 20.9 ms -> 3.5 ms, global blocks over 257
+    tokens 14.2 -> 11.7 ms). The scores and the softmax are float32, as in the fused kernel, so the two paths differ
     by rounding only; inference and export always use ``F.scaled_dot_product_attention``, the faster there.
     """
     if not _use_matmul(q, k):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
+    return matmul_attention(q, k, v, attn_mask, is_causal, dropout_p)
+
+
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0) -> Tensor:
+    """:func:`attention`'s path for CPU training: two batched matrix products and a softmax, same arguments."""
     # Scores and softmax in float32, as the fused kernel keeps them (bf16 scores lose the small
     # differences between large logits); autocast off so the float32 product stays float32.
     with torch.autocast(q.device.type, enabled=False):
