@@ -295,3 +295,19 @@ def listing(names: list[str], limit: int = 20) -> str:
         return "(none)"
     shown = ", ".join(names[:limit])
     return shown + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_exact(module, state: Mapping[str, Any], *, layout: str, what: str) -> None:
+    """Load ``state`` into ``module`` only if it holds exactly the module's keys at the module's shapes;
+    otherwise a :class:`~plaindet.errors.WeightsError` lists what is missing, unexpected or of the wrong
+    shape (``layout``: the checkpoint layout read, ``what``: what the model is, both for the message)."""
+    ours = module.state_dict()
+    missing, unexpected = sorted(ours.keys() - state.keys()), sorted(state.keys() - ours.keys())
+    if missing or unexpected:
+        raise WeightsError(
+            f"checkpoint ({layout} layout) doesn't fit {what}: missing keys {listing(missing)}; unexpected keys {listing(unexpected)}"
+        )
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(ours[k].shape)})" for k, v in state.items() if v.shape != ours[k].shape]
+    if wrong:
+        raise WeightsError(f"checkpoint ({layout} layout) has tensors of the wrong shape: {listing(wrong)}")
+    module.load_state_dict(state, strict=True)

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from plaindet.errors import WeightsError
 from plaindet.models.bit import BIT_LAYOUTS, BiT
-from plaindet.weights import listing, read_state_dict
+from plaindet.weights import listing, load_exact, read_state_dict
 
 __all__ = ["bit_name_from_transformers", "bit_name_to_transformers", "bit_state_from_transformers", "bit_state_to_transformers", "convert_bit_state_dict", "load_bit_weights"]
 
@@ -207,14 +207,4 @@ def load_bit_weights(model: BiT, source: Any) -> None:
         )
     unused = tuple(f"stages.{i}." for i in range(model.num_stages, 4)) + (("norm.",) if model.norm is None else ())
     sd = {k: v for k, v in sd.items() if not k.startswith(unused)}
-    ours = model.state_dict()
-    missing, unexpected = sorted(ours.keys() - sd.keys()), sorted(sd.keys() - ours.keys())
-    if missing or unexpected:
-        raise WeightsError(
-            f"checkpoint ({layout} layout) doesn't fit a BiT ResNet-{model.depth}: missing keys {listing(missing)}; "
-            f"unexpected keys {listing(unexpected)}"
-        )
-    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(ours[k].shape)})" for k, v in sd.items() if v.shape != ours[k].shape]
-    if wrong:
-        raise WeightsError(f"checkpoint ({layout} layout) has tensors of the wrong shape: {listing(wrong)}")
-    model.load_state_dict(sd, strict=True)
+    load_exact(model, sd, layout=layout, what=f"a BiT ResNet-{model.depth}")

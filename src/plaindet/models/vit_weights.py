@@ -33,7 +33,7 @@ from torch import Tensor
 
 from plaindet.errors import WeightsError
 from plaindet.models.vit import ViT, resize_pos_embed
-from plaindet.weights import listing, read_state_dict
+from plaindet.weights import listing, load_exact, read_state_dict
 
 __all__ = ["convert_vit_state_dict", "load_vit_weights"]
 
@@ -150,17 +150,7 @@ def load_vit_weights(model: ViT, source: Any) -> None:
     if pos is not None and pos.shape[1] != model.pos_embed.shape[1]:
         sd["pos_embed"] = _resize_checkpoint_pos(pos, model.grid_size)
 
-    ours = model.state_dict()
-    missing, unexpected = sorted(ours.keys() - sd.keys()), sorted(sd.keys() - ours.keys())
-    if missing or unexpected:
-        raise WeightsError(
-            f"checkpoint ({layout} layout) doesn't fit the ViT ({_flavour(model)}): missing keys {listing(missing)}; "
-            f"unexpected keys {listing(unexpected)}"
-        )
-    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(ours[k].shape)})" for k, v in sd.items() if v.shape != ours[k].shape]
-    if wrong:
-        raise WeightsError(f"checkpoint ({layout} layout) has tensors of the wrong shape: {listing(wrong)}")
-    model.load_state_dict(sd)
+    load_exact(model, sd, layout=layout, what=f"the ViT ({_flavour(model)})")
 
 
 def _flavour(model: ViT) -> str:
