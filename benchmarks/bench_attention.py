@@ -21,21 +21,9 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-
-
-def timed(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -49,7 +37,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["Ti", "S", "B"])
     args = parser.parse_args()
 
-    from plaindet.export.benchmark import matmul_peak
+    from plaindet.export.benchmark import matmul_peak, time_calls
     from plaindet.models.layers import matmul_attention
 
     torch.set_num_threads(args.threads)
@@ -76,7 +64,7 @@ def main() -> None:
                         def call(fn=fn):
                             with torch.inference_mode():
                                 fn(q, k, v)
-                    seconds = timed(call, args.repeats)
+                    seconds = statistics.median(time_calls(call, args.repeats, warmup=3))
                     label = "fp32" if dtype == torch.float32 else "bf16"
                     print(
                         f"{name:<6} {block:<7} {f'{n} x {heads} x {length}':<20} {label:<5} {path:<7} "

@@ -303,9 +303,12 @@ def test_batched_matching_equals_per_image_matching(tiny_model):
     for (pred, gt), ref in zip(criterion.match_many(out, targets), manys):
         assert list(zip(pred.tolist(), gt.tolist())) == ref
     assert sum(len(r) for r in manys) > 4  # the comparison covered real matches
-    cost, _, valid = criterion.costs(out, targets)
-    assert cost.shape[2] == 5 and valid.sum(1).tolist() == [5, 0, 1, 3]
+    cost, gt = criterion.costs(out, targets)
+    valid = torch.arange(5)[None] < torch.tensor([5, 0, 1, 3])[:, None]  # (B, G): each image's own objects
+    assert cost.shape[2] == 5 and gt.shape == (4, 5, 4)
     assert torch.isinf(cost[~valid[:, None].expand_as(cost)]).all() and torch.isfinite(cost[valid[:, None].expand_as(cost)]).all()
+    for t, boxes, keep in zip(targets, gt, valid):
+        assert torch.equal(boxes[keep], t["boxes"].float())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchmarkRow", "format_table", "matmul_peak", "reference_model", "run_benchmark"]
+__all__ = ["BenchmarkRow", "format_table", "matmul_peak", "reference_model", "run_benchmark", "time_calls"]
 
 
 @dataclass
@@ -111,7 +111,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def _time_calls(fn, runs: int, warmup: int) -> list[float]:
+def time_calls(fn, runs: int, warmup: int) -> list[float]:
+    """Wall seconds of each of ``runs`` calls of ``fn()``, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -173,7 +174,7 @@ def matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048), runs: int =
         best = 0.0
         for n in sizes:
             a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-            seconds = statistics.median(_time_calls(lambda: torch.mm(a, b), runs, warmup=2))
+            seconds = statistics.median(time_calls(lambda: torch.mm(a, b), runs, warmup=2))
             best = max(best, 2 * n**3 / seconds / 1e9)
         peak[name] = best
     return peak
@@ -200,7 +201,7 @@ def _worker(spec: WorkerSpec) -> dict[str, Any]:
         detector = OnnxDetector(spec.onnx, threads=spec.threads)
         h, w = detector.input_size
         images = np.random.default_rng(0).integers(0, 256, (spec.batch, 3, h, w), dtype=np.uint8)
-        times = _time_calls(lambda: detector(images), spec.runs, spec.warmup)
+        times = time_calls(lambda: detector(images), spec.runs, spec.warmup)
         return {"times": times, "peak_rss_mb": peak_rss_mb()}
 
     import torch
@@ -232,7 +233,7 @@ def _worker(spec: WorkerSpec) -> dict[str, Any]:
     weights_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
     dtype = torch.bfloat16 if spec.precision == "bf16" else None
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-        times = _time_calls(call, spec.runs, spec.warmup)
+        times = time_calls(call, spec.runs, spec.warmup)
         flops = _flops(call)  # after the timing: counting slows the call down
     return {"times": times, "peak_rss_mb": peak_rss_mb(), "weights_mb": weights_mb, "flops": flops}
 

@@ -48,18 +48,19 @@ PRETRAINED_FROZEN_STAGES = 2
 
 class Backbone(NamedTuple):
     """A backbone family: ``build(depth, num_stages)``, its weight loader, the input statistics its
-    pretrained weights expect, and what its weights are (for messages)."""
+    pretrained weights expect, and (for messages) what it is and what its weights are."""
 
     build: Callable[[int, int], nn.Module]
     load_weights: Callable[[nn.Module, Any], None]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    label: str
     weights: str
 
 
 BACKBONES: dict[str, Backbone] = {
-    "resnet": Backbone(ResNet, load_resnet_weights, IMAGENET_MEAN, IMAGENET_STD, "torchvision-layout ResNet weights"),
-    "bit": Backbone(BiT, load_bit_weights, INCEPTION_MEAN, INCEPTION_STD, "BiT weights: Google's .npz, timm's or transformers' layout"),
+    "resnet": Backbone(ResNet, load_resnet_weights, IMAGENET_MEAN, IMAGENET_STD, "ResNet", "torchvision-layout ResNet weights"),
+    "bit": Backbone(BiT, load_bit_weights, INCEPTION_MEAN, INCEPTION_STD, "BiT backbone", "BiT weights: Google's .npz, timm's or transformers' layout"),
 }
 
 
@@ -272,7 +273,7 @@ class SetDetectorConfig(DetectionConfig):
                 "%s: built without backbone weights, so the whole %s trains from scratch; pass "
                 "backbone_weights= (%s) to fine-tune a pretrained one",
                 self.name,
-                "ResNet" if self.backbone == "resnet" else "BiT backbone",
+                kind.label,
                 kind.weights,
             )
         model.backbone.freeze_stages(self.frozen_stages)

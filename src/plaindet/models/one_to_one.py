@@ -53,11 +53,11 @@ class OneToOneCriterion(nn.Module):
         self.aux_topk = aux_topk
         self.quality_targets = quality_targets
 
-    def costs(self, outputs: dict, targets: list[dict]) -> tuple[Tensor, Tensor, Tensor]:
+    def costs(self, outputs: dict, targets: list[dict]) -> tuple[Tensor, Tensor]:
         """The matching cost of every location against every object of its image, for the whole batch
-        at once: ``cost (B, L, G)``, ``giou (B, L, G)`` and ``valid (B, G)``, with ``G`` the largest
-        object count of the batch; columns past an image's own objects are padding (``valid`` False,
-        cost ``inf``). ``cls * focal_cost + l1 * L1(boxes / image size) - giou * GIoU``."""
+        at once: ``cost (B, L, G)`` (``cls * focal_cost + l1 * L1(boxes / image size) - giou * GIoU``)
+        and the objects' boxes ``(B, G, 4)``, with ``G`` the largest object count of the batch; columns
+        past an image's own objects are padding, of cost ``inf``."""
         logits, boxes = outputs["logits"], outputs["boxes"].float()
         b, n_loc, _ = logits.shape
         counts = [len(t["labels"]) for t in targets]
@@ -73,13 +73,13 @@ class OneToOneCriterion(nn.Module):
         cost_l1 = torch.cdist(boxes / scale, gt / scale, p=1)
         giou = generalized_box_iou(boxes, gt)
         cost = self.w.cls * cost_cls + self.w.l1 * cost_l1 - self.w.giou * giou
-        return cost.masked_fill(~valid[:, None], float("inf")), giou, valid
+        return cost.masked_fill(~valid[:, None], float("inf")), gt
 
     @torch.no_grad()
     def match(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
         """One-to-one: per image ``(pred_idx, gt_idx)``, each prediction and object used once. The costs
         of the whole batch are built in one pass and copied to the host once; scipy solves each image."""
-        cost, _, _ = self.costs(outputs, targets)
+        cost, _ = self.costs(outputs, targets)
         host, device = cost.cpu(), cost.device
         pairs = (min_cost_assignment(host[i, :, : len(t["labels"])]) for i, t in enumerate(targets))
         return [(p.to(device), g.to(device)) for p, g in pairs]
@@ -88,14 +88,11 @@ class OneToOneCriterion(nn.Module):
     def match_many(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
         """One-to-many: per image ``(pred_idx, gt_idx)``: each object's ``aux_topk`` cheapest locations
         (among those whose center lies inside its box); a location claimed twice goes to the cheaper object."""
-        cost, _, _ = self.costs(outputs, targets)
+        cost, gt = self.costs(outputs, targets)
         b, n_loc, g = cost.shape
         if g == 0:
             empty = torch.empty(0, dtype=torch.int64, device=cost.device)
             return [(empty, empty) for _ in targets]
-        gt = torch.zeros((b, g, 4), device=cost.device)
-        for i, t in enumerate(targets):
-            gt[i, : len(t["labels"])] = t["boxes"].to(gt)
         cx, cy = outputs["centers"][None, :, 0, None], outputs["centers"][None, :, 1, None]  # (1, L, 1)
         inside = (cx > gt[:, None, :, 0]) & (cx < gt[:, None, :, 2]) & (cy > gt[:, None, :, 1]) & (cy < gt[:, None, :, 3])
         # Locations outside a box may still be chosen for tiny boxes with no center inside.
