@@ -1,21 +1,29 @@
 """Every detector family on the shapes set with the same engine and the same CPU budget.
 
     python benchmarks/bench_models_shapes.py [--minutes 4] [--size 256] [--models plaindet-t detr-r18 ... | all]
+        [--ablate] [--split test|valid] [--set FIELD=JSON ...] [--curve-every 1]
 
 Each model trains from random weights (nothing can be downloaded here) on 1,500 shapes images for
 ``--minutes`` of wall time (``TrainConfig.time_limit``), batch 8, constant learning rate after
 warmup with EMA weights, one after another in this process; then its final weights are evaluated
-on the 200 images of the test split (the validation split is the one settings are chosen on).
-Prints a markdown table of test AP, steps done and the measured training time per step (the
-run's training wall time, data loading included and the final evaluation not, over its steps).
-The learning rate is each family's usual one (DETR-style set-prediction models use 1e-4, the dense
-plaindet head 1e-3).
+on the 200 images of ``--split`` (test by default; the validation split is the one settings are
+chosen on: screen with ``--split valid``). Prints a markdown table of AP, small-object AP, steps
+done and the measured training time per step (the run's training wall time, data loading and the
+learning-curve evaluations included, the final evaluation not, over its steps), and each model's
+learning curve (validation AP every ``--curve-every`` epochs).
+
+``--ablate`` also trains every set-prediction model (detr-*, deperceiver-*) once more per
+convergence option with that option switched off (:data:`ABLATIONS`) and adds a column of AP per
+option: what the option buys at this budget. ``--set`` overrides a model-config field of every
+model run (``--set loss.classification='"softmax"'``), for screening. The learning rate is each
+family's usual one (DETR-style set-prediction models use 1e-4, the dense plaindet head 1e-3).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -23,6 +31,35 @@ import torch
 
 LR = {"plaindet": 1e-3, "detr": 1e-4, "deperceiver": 1e-4, "patchtok": 3e-4}  # per family
 SMALL = ["plaindet-t", "detr-r18", "deperceiver-r18", "patchtok-ti"]  # the default: one per family
+SET_FAMILIES = ("detr", "deperceiver")
+# Each set-prediction convergence option, switched off (the model config's fields).
+ABLATIONS = {
+    "softmax classes": {"loss": {"classification": "softmax", "class_weight": 1.0}},
+    "no anchor queries": {"anchor_queries": False, "denoising": 0},
+    "no query groups": {"query_groups": 1},
+    "no denoising": {"denoising": 0},
+}
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["a.b=1", "c=true"]`` -> ``{"a": {"b": 1}, "c": True}`` (values are JSON)."""
+    overrides: dict = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = json.loads(value)
+    return overrides
+
+
+def merge(a: dict, b: dict) -> dict:
+    """``b`` over ``a``, nested dicts merged."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def main() -> None:
@@ -31,6 +68,10 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--split", default="test", choices=["test", "valid"], help="the split the table reports")
+    ap.add_argument("--ablate", action="store_true", help="also train each set-prediction model with each convergence option off")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a model-config override for every model")
+    ap.add_argument("--curve-every", type=int, default=1, help="epochs between learning-curve evaluations on valid (0: none)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_models"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -43,7 +84,7 @@ def main() -> None:
 
     base = TrainConfig(
         data="shapes", shapes_train=1500, shapes_val=200, shapes_test=200, image_size=args.size, batch_size=8, epochs=100,
-        warmup_steps=50, min_lr_ratio=1.0, ema_decay=0.998, eval_every=1000, time_limit=args.minutes,
+        warmup_steps=50, min_lr_ratio=1.0, ema_decay=0.998, eval_every=args.curve_every or 1000, time_limit=args.minutes,
         augment={"crop": 0.0, "zoom_out": 0.0},
     )  # fmt: skip
     datasets = load_splits(base)
@@ -52,19 +93,38 @@ def main() -> None:
         from plaindet.models.factory import list_models
 
         args.models = list_models()
+    common = parse_sets(args.set)
+
+    def run(name: str, variant: str, overrides: dict) -> dict:
+        family = name.rsplit("-", 1)[0]
+        folder_name = name if not variant else f"{name}-{variant.replace(' ', '-')}"
+        cfg = dataclasses.replace(base, model=name, model_overrides=overrides, lr=LR[family], out=str(args.out / folder_name))
+        curve: list[tuple[int, float]] = []
+        last = train(cfg, lambda r: curve.append((r["step"], r["AP"])) if "AP" in r else None, datasets=datasets)
+        metrics = evaluate(folder, args.split, weights=Path(cfg.out) / "last.safetensors", image_size=args.size).metrics.stats
+        label = f"{name} ({variant})" if variant else name
+        print(f"{label}: {last['step']} steps, {args.split} AP {metrics['AP']:.3f}; valid AP by step: "
+              + ", ".join(f"{s}: {a:.3f}" for s, a in curve), flush=True)  # fmt: skip
+        return {"lr": cfg.lr, "steps": last["step"], "step_s": last["time"] / max(last["step"], 1), "metrics": metrics, "curve": curve}
+
     rows = []
     for name in args.models:
-        cfg = dataclasses.replace(base, model=name, lr=LR[name.rsplit("-", 1)[0]], out=str(args.out / name))
-        last = train(cfg, datasets=datasets)  # eval_every > epochs: only the final epoch is evaluated, so this is it
-        test = evaluate(folder, "test", weights=Path(cfg.out) / "best.safetensors", image_size=args.size).metrics.stats
-        rows.append((name, cfg.lr, last["step"], last["time"] / max(last["step"], 1), test))
-        print(f"{name}: {last['step']} steps, test AP {test['AP']:.3f}", flush=True)
+        result = run(name, "", common)
+        ablations = {}
+        if args.ablate and name.rsplit("-", 1)[0] in SET_FAMILIES:
+            for option, off in ABLATIONS.items():
+                ablations[option] = run(name, option, merge(common, off))["metrics"]["AP"]
+        rows.append((name, result, ablations))
 
-    print(f"\nshapes set, {args.size} px, batch 8, {args.minutes:g} min of training each, {args.threads} threads; the 200 test images")
-    print("| model | lr | steps | s/step | AP | AP50 | AP75 |")
-    print("|---|---|---|---|---|---|---|")
-    for name, lr, steps, step_s, m in rows:
-        print(f"| {name} | {lr:g} | {steps} | {step_s:.2f} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} |")
+    extra = list(ABLATIONS) if args.ablate else []
+    print(f"\nshapes set, {args.size} px, batch 8, {args.minutes:g} min of training each, {args.threads} threads; "
+          f"the 200 {args.split} images{'; ' + ', '.join(args.set) if args.set else ''}")  # fmt: skip
+    print("| model | lr | steps | s/step | AP | AP50 | AP75 | APs |" + "".join(f" AP, {o} |" for o in extra))
+    print("|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
+    for name, r, ablations in rows:
+        m = r["metrics"]
+        cells = "".join(f" {ablations[o]:.3f} |" if o in ablations else " - |" for o in extra)
+        print(f"| {name} | {r['lr']:g} | {r['steps']} | {r['step_s']:.2f} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} | {m['APs']:.3f} |{cells}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from plaindet.models.detr import BoxHead, SetDetector, SetDetectorConfig, TransformerDecoder, build_backbone, sine_position_embedding, xavier_init
+from plaindet.models.detr import SetDetector, SetDetectorConfig, build_backbone, sine_position_embedding, xavier_init
 from plaindet.models.layers import Attention, Mlp
 from plaindet.models.registry import register_model
 
@@ -136,11 +136,8 @@ class DePerceiver(SetDetector):
         # Sine positions are normalized to the image, so they agree across scales; this tells them apart.
         self.scale_embed = nn.Parameter(torch.zeros(len(strides), d)) if len(strides) > 1 else None
         self.encoder = PerceiverEncoder(d, config.heads, config.ffn_dim, config.num_latents, config.latent_layers, config.dropout)
-        self.decoder = TransformerDecoder(d, config.heads, config.ffn_dim, config.decoder_layers, config.dropout)
-        self.query_embed = nn.Embedding(config.num_queries, d)
-        self.class_embed = nn.Linear(d, config.num_classes + 1)
-        self.bbox_embed = BoxHead(d, 3)
-        xavier_init(self.decoder)
+        self._build_decoder()
+        self._init_decoder()
         if self.scale_embed is not None:
             nn.init.normal_(self.scale_embed, std=0.02)
         self._finish_init()
@@ -161,7 +158,7 @@ class DePerceiver(SetDetector):
         return self.encoder(inputs, pos), None
 
     def no_weight_decay(self) -> set[str]:
-        names = {"query_embed.weight", "encoder.latents"}
+        names = super().no_weight_decay() | {"encoder.latents"}
         if self.scale_embed is not None:
             names.add("scale_embed")
         return names

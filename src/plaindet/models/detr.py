@@ -35,7 +35,7 @@ from plaindet.models.bit_weights import load_bit_weights
 from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Attention, Mlp, Normalize
 from plaindet.models.registry import register_model
 from plaindet.models.resnet import ResNet, load_resnet_weights
-from plaindet.models.set_criterion import SetCriterion, SetLossConfig
+from plaindet.models.set_criterion import SetCriterion, SetLossConfig, pad_targets
 from plaindet.ops.boxes import cxcywh_to_xyxy
 
 log = logging.getLogger("plaindet")
@@ -126,8 +126,8 @@ class DecoderLayer(nn.Module):
     """Post-norm decoder layer: query self-attention, cross-attention to the memory, feed-forward.
 
     ``tgt (B, Q, D)``, ``query_pos (1 or B, Q, D)`` (added to queries and self-attention keys),
-    ``memory (B, S, D)``, ``memory_pos (1 or B, S, D)`` or ``None`` (added to cross-attention keys)
-    -> ``(B, Q, D)``.
+    ``memory (B, S, D)``, ``memory_pos (1 or B, S, D)`` or ``None`` (added to cross-attention keys),
+    ``self_mask (Q, Q)`` bool or ``None`` (which queries each query may see) -> ``(B, Q, D)``.
     """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float) -> None:
@@ -140,9 +140,9 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor | None) -> Tensor:
+    def forward(self, tgt: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor | None, self_mask: Tensor | None = None) -> Tensor:
         qk = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout(self.self_attn(qk, qk, tgt)))
+        tgt = self.norm1(tgt + self.dropout(self.self_attn(qk, qk, tgt, self_mask)))
         key = memory if memory_pos is None else memory + memory_pos
         tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, key, memory)))
         return self.norm3(tgt + self.dropout(self.mlp(tgt)))
@@ -162,28 +162,31 @@ class TransformerEncoder(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    """A stack of :class:`DecoderLayer` with a shared final LayerNorm; the queries start at zero.
+    """A stack of :class:`DecoderLayer` with a shared final LayerNorm; DETR's queries start at zero.
 
-    ``query_pos (Q, D)``, ``memory (B, S, D)``, ``memory_pos`` as in :class:`DecoderLayer`. Returns
-    ``(L, B, Q, D)``: the normed output of every layer if ``all_layers``, else of the last (L = 1).
+    ``query_pos (Q, D)``, ``memory (B, S, D)``, ``memory_pos`` and ``self_mask`` as in
+    :class:`DecoderLayer`. Returns ``(L, B, Q, D)``: the normed output of every layer if
+    ``all_layers``, else of the last (L = 1). With anchor queries the model runs the layers itself
+    (each layer's positions come from the previous layer's boxes), see :meth:`SetDetector.decode_anchors`;
+    ``zero_queries=False`` says so.
     """
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, depth: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, ffn_dim: int, depth: int, dropout: float, zero_queries: bool = True) -> None:
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn_dim, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         # The first layer's self-attention values are projections of the all-zero initial queries:
         # only the bias reaches the output, so the weight can never learn. Frozen to say so (the
         # published weights still load into it).
-        if depth:
+        if depth and zero_queries:
             self.layers[0].self_attn.v_proj.weight.requires_grad_(False)
 
-    def forward(self, query_pos: Tensor, memory: Tensor, memory_pos: Tensor | None, all_layers: bool) -> Tensor:
+    def forward(self, query_pos: Tensor, memory: Tensor, memory_pos: Tensor | None, all_layers: bool, self_mask: Tensor | None = None) -> Tensor:
         query_pos = query_pos[None]
         tgt = torch.zeros(memory.shape[0], query_pos.shape[1], memory.shape[2], dtype=memory.dtype, device=memory.device)
         outputs = []
         for layer in self.layers:
-            tgt = layer(tgt, query_pos, memory, memory_pos)
+            tgt = layer(tgt, query_pos, memory, memory_pos, self_mask)
             if all_layers:
                 outputs.append(self.norm(tgt))
         return torch.stack(outputs) if all_layers else self.norm(tgt)[None]
@@ -203,6 +206,24 @@ class BoxHead(nn.Module):
             if i < len(self.layers) - 1:
                 x = F.relu(x)
         return x
+
+
+def sine_box_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """``boxes (..., 4)`` normalized cxcywh -> ``(..., 2 * dim)``: each coordinate times ``2 pi`` encoded
+    as ``dim / 2`` interleaved sin/cos channels of geometric frequencies (DAB-DETR's encoding of an
+    anchor, the same frequencies as :func:`sine_position_embedding`)."""
+    half = dim // 2
+    freq = torch.arange(half, dtype=torch.float32, device=boxes.device)
+    freq = temperature ** (2 * torch.div(freq, 2, rounding_mode="floor") / half)
+    angles = boxes.float()[..., None] * (2 * math.pi) / freq  # (..., 4, half)
+    encoded = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+    return encoded.flatten(-2)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``log(x / (1 - x))`` with ``x`` clamped to ``[eps, 1 - eps]``."""
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -230,6 +251,22 @@ class SetDetectorConfig(DetectionConfig):
     are fixed buffers everywhere). The decoder: ``decoder_layers`` of width
     ``hidden_dim`` with ``heads`` heads and ``ffn_dim`` feed-forward channels, ``num_queries`` object
     queries; ``aux_loss`` supervises every decoder layer's output in training.
+
+    Convergence options (DETR itself needs 500 COCO epochs; these are what later work found):
+
+    - ``loss.classification``: ``"focal"`` or ``"varifocal"`` sigmoid classes instead of DETR's softmax
+      with "no object" (see :mod:`~plaindet.models.set_criterion`);
+    - ``anchor_queries``: each query is a learned box (DAB-DETR, Liu et al. 2022) whose sine encoding,
+      through a small MLP, is its position embedding; every decoder layer predicts a correction of
+      the previous layer's box (iterative refinement, as Deformable DETR's), and the next layer's
+      positions come from the corrected box;
+    - ``query_groups``: Group DETR's ``groups`` sets of ``num_queries`` queries in training, each
+      matched on its own and blind to the others; inference and export use the first set only;
+    - ``denoising``: DN-DETR's ``S`` noised copies of every ground-truth box as extra training
+      queries (needs ``anchor_queries``, since a noised box is an anchor): centers moved by up to
+      ``dn_box_noise`` half-sizes, sizes scaled by up to ``1 +- dn_box_noise``, labels replaced by a
+      random class with probability ``dn_label_noise``; they learn to reconstruct the object.
+      Matching queries cannot see them, and the copies cannot see each other.
     """
 
     name: str = "detr"
@@ -244,10 +281,21 @@ class SetDetectorConfig(DetectionConfig):
     num_queries: int = 100
     aux_loss: bool = True
     loss: SetLossConfig = field(default_factory=SetLossConfig)
+    anchor_queries: bool = False
+    query_groups: int = 1
+    denoising: int = 0
+    dn_box_noise: float = 0.4
+    dn_label_noise: float = 0.2
     image_size: int = 800
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.query_groups < 1:
+            raise ConfigError(f"query_groups must be at least 1, got {self.query_groups}")
+        if self.denoising < 0:
+            raise ConfigError(f"denoising must be 0 (off) or the number of noised copies, got {self.denoising}")
+        if self.denoising and not self.anchor_queries:
+            raise ConfigError("denoising queries are noised boxes, so they need anchor_queries=True")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(map(repr, BACKBONES))}, got {self.backbone!r}")
         if self.backbone == "bit" and self.backbone_depth not in BIT_LAYOUTS:
@@ -292,21 +340,58 @@ class SetDetector(DetectionModel):
     decoded against a memory, class and box heads on every decoder layer, the set criterion and the
     postprocess.
 
-    A subclass builds ``self.backbone`` (with :func:`build_backbone`), ``self.decoder`` (a
-    :class:`TransformerDecoder`), ``self.query_embed``, ``self.class_embed``, ``self.bbox_embed`` and
-    implements :meth:`encode`, then calls :meth:`_finish_init`.
+    A subclass builds ``self.backbone`` (with :func:`build_backbone`) and its encoder, calls
+    :meth:`_build_decoder` (the decoder, the queries and the class and box heads), implements
+    :meth:`encode`, then calls :meth:`_finish_init`.
 
     ``forward(images, targets=None)``: ``images (B, 3, H, W)`` uint8 or float in [0, 255], ``H`` and
-    ``W`` multiples of :attr:`size_divisor`; ``targets`` are ignored. Returns
+    ``W`` multiples of :attr:`size_divisor`; ``targets`` (per image ``boxes (N, 4)`` xyxy input pixels,
+    ``labels (N,)``) are read in training only, to make denoising queries. Returns
 
-    - ``logits (B, Q, K + 1)``: class logits, the last is "no object";
+    - ``logits (B, Q, C)``: class logits, ``C = K + 1`` with the softmax (the last is "no object"),
+      ``K`` with sigmoid classes;
     - ``boxes (B, Q, 4)``: cxcywh normalized to the input (padded) image, in [0, 1];
     - ``image_wh (2,)``: the input's width and height in pixels (postprocess scales boxes by it);
-    - in training with ``aux_loss``: ``aux_logits (L - 1, B, Q, K + 1)`` and ``aux_boxes (L - 1, B, Q, 4)``
-      of the earlier decoder layers.
+    - in training with ``aux_loss``: ``aux_logits (L - 1, B, Q, C)`` and ``aux_boxes (L - 1, B, Q, 4)``
+      of the earlier decoder layers; in training ``Q`` is ``num_queries * query_groups``;
+    - in training with ``denoising``: ``dn_logits (L', B, S * G, C)``, ``dn_boxes (L', B, S * G, 4)``
+      (``L'`` the supervised layers, ``G`` the most objects in an image of the batch), as
+      :class:`~plaindet.models.set_criterion.SetCriterion` reads them.
     """
 
     config: Any
+
+    def _build_decoder(self) -> None:
+        c = self.config
+        d, n = c.hidden_dim, c.num_queries * c.query_groups
+        self.decoder = TransformerDecoder(d, c.heads, c.ffn_dim, c.decoder_layers, c.dropout, zero_queries=not c.anchor_queries)
+        if c.anchor_queries:
+            self.anchor_embed = nn.Embedding(n, 4)  # inverse-sigmoid cxcywh
+            # Content of the queries: a label's embedding for a denoising query, the extra entry
+            # (index K) for every matching query (DN-DETR's "indicator").
+            self.label_embed = nn.Embedding(c.num_classes + 1, d)
+            self.anchor_pos = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, d))
+        else:
+            self.query_embed = nn.Embedding(n, d)
+        self.class_embed = nn.Linear(d, c.num_classes if c.loss.sigmoid else c.num_classes + 1)
+        self.bbox_embed = BoxHead(d, 3)
+
+    def _init_decoder(self) -> None:
+        """DETR's Xavier init of the decoder; for sigmoid classes a prior of 0.01 on every class (focal
+        loss's init, so the early loss is not swamped by the easy negatives); anchors spread over the
+        image with a tenth of its size, each layer's box correction starting at zero."""
+        c = self.config
+        xavier_init(self.decoder)
+        if c.loss.sigmoid:
+            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
+        if c.anchor_queries:
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(0)
+                w = self.anchor_embed.weight
+                w[:, :2] = inverse_sigmoid(torch.rand(w.shape[0], 2, generator=g))
+                w[:, 2:] = inverse_sigmoid(torch.full((w.shape[0], 2), 0.1))
+            nn.init.zeros_(self.bbox_embed.layers[-1].weight)
+            nn.init.zeros_(self.bbox_embed.layers[-1].bias)
 
     def _finish_init(self) -> None:
         kind = BACKBONES[self.config.backbone]
@@ -324,16 +409,99 @@ class SetDetector(DetectionModel):
 
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict[str, Tensor]:
         self.check_input(images)
+        c = self.config
         memory, memory_pos = self.encode(self.backbone(self.normalize(images)))
-        aux = self.training and self.config.aux_loss
-        hs = self.decoder(self.query_embed.weight, memory, memory_pos, all_layers=aux)  # (L, B, Q, D)
+        image_wh = input_wh(images)
+        aux = self.training and c.aux_loss
+        groups = c.query_groups if self.training else 1
+        n = c.num_queries * groups  # matching queries; denoising ones follow them
+        dn_size = 0
+        if c.anchor_queries:
+            b = memory.shape[0]
+            anchors = self.anchor_embed.weight[:n][None].expand(b, n, 4)
+            content = self.label_embed.weight[-1].to(memory.dtype).expand(b, n, memory.shape[2])
+            if self.training and c.denoising and targets is not None:
+                dn = self.denoising_queries(targets, image_wh)
+                if dn is not None:
+                    dn_content, dn_anchors = dn
+                    dn_size = dn_anchors.shape[1] // c.denoising
+                    content = torch.cat([content, dn_content.to(content.dtype)], 1)
+                    anchors = torch.cat([anchors, dn_anchors], 1)
+            mask = self.query_mask(groups, dn_size, memory.device)
+            hs, boxes = self.decode_anchors(content, anchors, memory, memory_pos, aux, mask)
+        else:
+            mask = self.query_mask(groups, 0, memory.device)
+            hs = self.decoder(self.query_embed.weight[:n], memory, memory_pos, all_layers=aux, self_mask=mask)  # (L, B, N, D)
+            boxes = self.bbox_embed(hs).sigmoid()
         logits = self.class_embed(hs)
-        boxes = self.bbox_embed(hs).sigmoid()
-        out = {"logits": logits[-1], "boxes": boxes[-1], "image_wh": input_wh(images)}
+        out = {"logits": logits[-1, :, :n], "boxes": boxes[-1, :, :n], "image_wh": image_wh}
         if aux:
-            out["aux_logits"] = logits[:-1]
-            out["aux_boxes"] = boxes[:-1]
+            out["aux_logits"] = logits[:-1, :, :n]
+            out["aux_boxes"] = boxes[:-1, :, :n]
+        if dn_size:
+            out["dn_logits"] = logits[:, :, n:]
+            out["dn_boxes"] = boxes[:, :, n:]
         return out
+
+    def decode_anchors(self, content: Tensor, anchors: Tensor, memory: Tensor, memory_pos: Tensor | None, all_layers: bool, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Decode anchor queries with iterative box refinement.
+
+        ``content (B, N, D)``, ``anchors (B, N, 4)`` inverse-sigmoid cxcywh. Each layer's position
+        embedding is the MLP of the sine encoding of the current boxes; its output's box head adds a
+        correction to their inverse sigmoid; the corrected box is the layer's prediction and,
+        detached (Deformable DETR's rule: each layer learns its own correction), the next layer's anchor.
+        Returns ``hs (L, B, N, D)`` (normed) and ``boxes (L, B, N, 4)`` in [0, 1]; ``L = 1`` (the last
+        layer) unless ``all_layers``.
+        """
+        d = memory.shape[2]
+        tgt, ref = content, anchors.float()
+        states, boxes = [], []
+        for i, layer in enumerate(self.decoder.layers):
+            pos = self.anchor_pos(sine_box_embedding(ref.sigmoid(), d).to(memory.dtype))
+            tgt = layer(tgt, pos, memory, memory_pos, mask)
+            if all_layers or i == len(self.decoder.layers) - 1:
+                h = self.decoder.norm(tgt)
+                box = ref + self.bbox_embed(h).float()
+                states.append(h)
+                boxes.append(box.sigmoid())
+            else:
+                box = ref + self.bbox_embed(self.decoder.norm(tgt)).float()
+            ref = box.detach()
+        return torch.stack(states), torch.stack(boxes)
+
+    def denoising_queries(self, targets: list[dict], image_wh: Tensor) -> tuple[Tensor, Tensor] | None:
+        """DN-DETR's noised ground truth: ``content (B, S * G, D)`` (embeddings of the possibly flipped
+        labels) and ``anchors (B, S * G, 4)`` (inverse-sigmoid noised boxes), query ``s * G + j`` made
+        from target ``j`` (padding targets too: the criterion ignores them); ``None`` without objects."""
+        c = self.config
+        boxes, labels, _, _ = pad_targets(targets, image_wh)
+        if boxes.shape[1] == 0:
+            return None
+        boxes = boxes.repeat(1, c.denoising, 1)  # (B, S * G, 4)
+        labels = labels.repeat(1, c.denoising)
+        wh = boxes[..., 2:]
+        shift = (torch.rand_like(wh) * 2 - 1) * wh / 2 * c.dn_box_noise
+        scale = 1 + (torch.rand_like(wh) * 2 - 1) * c.dn_box_noise
+        noised = torch.cat([(boxes[..., :2] + shift).clamp(0, 1), (wh * scale).clamp(1e-3, 1)], -1)
+        flip = torch.rand(labels.shape, device=labels.device) < c.dn_label_noise
+        labels = torch.where(flip, torch.randint_like(labels, c.num_classes), labels)
+        return self.label_embed(labels), inverse_sigmoid(noised)
+
+    def query_mask(self, groups: int, dn_size: int, device: torch.device) -> Tensor | None:
+        """Which queries each query's self-attention may see, ``(N, N)`` bool, or ``None`` when all.
+
+        Query groups see only themselves; each denoising copy (``dn_size`` queries each) sees itself
+        and the first group, and no matching query sees a denoising one (they carry the answer)."""
+        c = self.config
+        if groups == 1 and not dn_size:
+            return None
+        q = c.num_queries
+        segment = torch.cat([
+            torch.arange(groups, device=device).repeat_interleave(q),
+            groups + torch.arange(c.denoising if dn_size else 0, device=device).repeat_interleave(dn_size),
+        ])  # fmt: skip
+        is_dn = segment >= groups
+        return (segment[:, None] == segment[None, :]) | (is_dn[:, None] & (segment[None, :] == 0))
 
     @torch.no_grad()
     def postprocess(self, outputs: dict[str, Tensor], max_detections: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -343,12 +511,17 @@ class SetDetector(DetectionModel):
         Returns ``boxes (B, k, 4)`` xyxy input pixels, ``scores (B, k)`` sorted high to low and
         ``labels (B, k)``. Pure tensor ops (exportable).
         """
-        return set_detections(outputs["logits"], outputs["boxes"], outputs["image_wh"], max_detections or self.config.max_detections)
+        k = max_detections or self.config.max_detections
+        if self.config.loss.sigmoid:
+            return sigmoid_set_detections(outputs["logits"], outputs["boxes"], outputs["image_wh"], k)
+        return set_detections(outputs["logits"], outputs["boxes"], outputs["image_wh"], k)
 
     def criterion(self) -> nn.Module:
-        return SetCriterion(self.config.num_classes, self.config.loss)
+        return SetCriterion(self.config.num_classes, self.config.loss, num_queries=self.config.num_queries)
 
     def no_weight_decay(self) -> set[str]:
+        if self.config.anchor_queries:
+            return {"anchor_embed.weight", "label_embed.weight"}
         return {"query_embed.weight"}
 
 
@@ -360,9 +533,23 @@ def set_detections(logits: Tensor, boxes: Tensor, image_wh: Tensor, k: int) -> t
     k = min(k, scores.shape[1])
     top_scores, idx = scores.topk(k, dim=1)
     top_labels = labels.gather(1, idx)
+    return _gather_boxes(boxes, idx, image_wh), top_scores, top_labels
+
+
+def sigmoid_set_detections(logits: Tensor, boxes: Tensor, image_wh: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """As :func:`set_detections` for sigmoid classes (``logits (B, Q, K)``): the top ``k`` of all
+    ``Q * K`` (query, class) scores (Deformable DETR's decoding), so a query may give two classes."""
+    prob = logits.float().sigmoid().flatten(1)  # (B, Q * K)
+    num_classes = logits.shape[-1]
+    top_scores, idx = prob.topk(min(k, prob.shape[1]), dim=1)
+    query = torch.div(idx, num_classes, rounding_mode="floor")
+    return _gather_boxes(boxes, query, image_wh), top_scores, idx % num_classes
+
+
+def _gather_boxes(boxes: Tensor, idx: Tensor, image_wh: Tensor) -> Tensor:
+    """``boxes (B, Q, 4)`` normalized cxcywh at ``idx (B, k)`` -> ``(B, k, 4)`` xyxy pixels."""
     top_boxes = boxes.float().gather(1, idx[..., None].expand(-1, -1, 4))
-    top_boxes = cxcywh_to_xyxy(top_boxes) * torch.cat([image_wh, image_wh]).float()
-    return top_boxes, top_scores, top_labels
+    return cxcywh_to_xyxy(top_boxes) * torch.cat([image_wh, image_wh]).float()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -396,12 +583,9 @@ class DETR(SetDetector):
         self.backbone = build_backbone(config)
         self.input_proj = nn.Conv2d(self.backbone.channels[-1], d, kernel_size=1)
         self.encoder = TransformerEncoder(d, config.heads, config.ffn_dim, config.encoder_layers, config.dropout)
-        self.decoder = TransformerDecoder(d, config.heads, config.ffn_dim, config.decoder_layers, config.dropout)
-        self.query_embed = nn.Embedding(config.num_queries, d)
-        self.class_embed = nn.Linear(d, config.num_classes + 1)
-        self.bbox_embed = BoxHead(d, 3)
+        self._build_decoder()
         xavier_init(self.encoder)
-        xavier_init(self.decoder)
+        self._init_decoder()
         self._finish_init()
 
     def encode(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:

@@ -196,7 +196,7 @@ class SelfAttention(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with separate ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj``.
 
-    ``forward(query, key, value)``: ``query (B, Lq, D)``, ``key (B, Lk, D)``, ``value (B, Lk, D)`` ->
+    ``forward(query, key, value, mask=None)``: ``query (B, Lq, D)``, ``key (B, Lk, D)``, ``value (B, Lk, D)`` ->
     ``(B, Lq, D)``. The three inputs may differ (DETR adds position encodings to queries and keys,
     not to values). :meth:`keys_values` and :meth:`attend` split the work, so keys and values that
     many queries read (an image's tokens, while a decoder writes one token at a time) are projected
@@ -217,11 +217,12 @@ class Attention(nn.Module):
         """``key``, ``value (B, Lk, D)`` -> projected ``k``, ``v``, each ``(B, heads, Lk, D / heads)``."""
         return split_heads(self.k_proj(key), self.heads), split_heads(self.v_proj(value), self.heads)
 
-    def attend(self, query: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """``query (B, Lq, D)`` against projected ``k``, ``v`` (from :meth:`keys_values`) -> ``(B, Lq, D)``."""
+    def attend(self, query: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``query (B, Lq, D)`` against projected ``k``, ``v`` (from :meth:`keys_values`) -> ``(B, Lq, D)``;
+        ``mask``: bool ``(Lq, Lk)``, True where a query may attend, or ``None``."""
         q = split_heads(self.q_proj(query), self.heads)
-        out = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(merge_heads(out))
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        return self.attend(query, *self.keys_values(key, value))
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.attend(query, *self.keys_values(key, value), mask)

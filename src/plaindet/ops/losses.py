@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "sum") -> Tensor:
     """Summed focal loss (Lin et al. 2017) of independent sigmoid classifiers.
 
     ``logits`` and ``targets`` have the same shape; ``targets`` in [0, 1] (soft targets allowed).
+    ``reduction="none"`` returns the elementwise loss instead of its sum.
     Computed in float32: under bf16 autocast the ``(1 - p) ** gamma`` term loses the small values
     that the loss is all about.
     """
@@ -21,21 +22,22 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
-    return loss.sum()
+    return loss.sum() if reduction == "sum" else loss
 
 
-def varifocal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.75, gamma: float = 2.0) -> Tensor:
+def varifocal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.75, gamma: float = 2.0, reduction: str = "sum") -> Tensor:
     """Summed varifocal loss (Zhang et al. 2021, VarifocalNet) of independent sigmoid classifiers.
 
     ``targets`` in [0, 1]: a positive's target is its localization quality (the IoU of its box with
     the object's), 0 elsewhere. Positives weigh their binary cross-entropy by that target, so
     well-placed boxes learn the highest scores; negatives are down-weighted by ``alpha * p ** gamma``
-    as in the focal loss. Computed in float32, like :func:`sigmoid_focal_loss`.
+    as in the focal loss. Computed in float32, like :func:`sigmoid_focal_loss`; ``reduction`` as there.
     """
     logits, targets = logits.float(), targets.float()
     p = logits.sigmoid()
     weight = torch.where(targets > 0, targets, alpha * p.pow(gamma)).detach()
-    return (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weight).sum()
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weight
+    return loss.sum() if reduction == "sum" else loss
 
 
 def focal_cost(logits: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

@@ -1,0 +1,197 @@
+"""The convergence options of the set-prediction detectors (DETR, DePerceiver): sigmoid focal and
+varifocal classes, anchor queries with box refinement, Group DETR's query groups and DN-DETR's
+denoising queries. Each is checked for what it promises: groups and denoising queries cannot leak
+into the matching queries, the extra losses are what they say, inference is unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import plaindet
+from plaindet.models.detr import sigmoid_set_detections
+from plaindet.models.set_criterion import SetCriterion, SetLossConfig
+from plaindet.ops.boxes import cxcywh_to_xyxy
+from plaindet.ops.losses import focal_cost
+
+TINY = dict(backbone_depth=18, hidden_dim=32, heads=4, encoder_layers=1, decoder_layers=2, ffn_dim=64, num_queries=6, dropout=0.0)
+SIZE = 64
+
+
+def tiny(**overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return plaindet.create_model("detr-r18", num_classes=3, image_size=SIZE, **{**TINY, **overrides})
+
+
+def targets() -> list[dict]:
+    return [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [34.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([0, 2])},
+        {"boxes": torch.tensor([[10.0, 10.0, 20.0, 30.0]]), "labels": torch.tensor([1])},
+    ]
+
+
+def images() -> torch.Tensor:
+    return torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("anchors", [False, True])
+def test_query_groups_cannot_see_each_other_and_inference_uses_the_first(anchors):
+    model = tiny(query_groups=3, anchor_queries=anchors).train()
+    x = images()
+    out = model(x, targets())
+    assert out["logits"].shape == (2, 18, 3 + 1) and out["aux_boxes"].shape == (1, 2, 18, 4)
+    # Changing the queries of groups 2 and 3 leaves group 1's outputs exactly as they were.
+    table = model.anchor_embed if anchors else model.query_embed
+    with torch.no_grad():
+        table.weight[6:] += torch.randn_like(table.weight[6:])
+    again = model(x, targets())
+    torch.testing.assert_close(again["logits"][:, :6], out["logits"][:, :6], rtol=0, atol=1e-5)
+    assert not torch.allclose(again["logits"][:, 6:], out["logits"][:, 6:])
+    # Inference is group 1 alone (no dropout here, frozen BatchNorm: train and eval agree).
+    with torch.no_grad():
+        model.eval()
+        eval_out = model(x)
+    assert eval_out["logits"].shape == (2, 6, 4)
+    torch.testing.assert_close(eval_out["logits"], again["logits"][:, :6].detach(), rtol=0, atol=1e-5)
+
+
+def test_denoising_queries_do_not_leak_into_the_matching_queries():
+    model = tiny(anchor_queries=True, denoising=2, loss={"classification": "focal"}).train()
+    x = images()
+    torch.manual_seed(5)
+    with_dn = model(x, targets())
+    without = model(x, None)  # no targets, no denoising queries
+    assert with_dn["dn_logits"].shape == (2, 2, 2 * 2, 3)  # (layers, B, S * G, K): G = 2 objects at most
+    assert "dn_logits" not in without
+    torch.testing.assert_close(with_dn["logits"], without["logits"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(with_dn["boxes"], without["boxes"], rtol=0, atol=1e-5)
+
+
+def test_denoising_queries_are_noised_copies_of_the_targets():
+    model = tiny(anchor_queries=True, denoising=3, dn_box_noise=0.4, dn_label_noise=0.0)
+    t = targets()
+    content, anchors = model.denoising_queries(t, torch.tensor([64.0, 64.0]))
+    assert anchors.shape == (2, 3 * 2, 4) and content.shape == (2, 6, 32)
+    boxes = anchors.sigmoid()
+    truth = torch.tensor([[4.0, 6.0, 30.0, 40.0], [34.0, 10.0, 60.0, 50.0]]) / 64
+    cx, cy = (truth[:, 0] + truth[:, 2]) / 2, (truth[:, 1] + truth[:, 3]) / 2
+    w, h = truth[:, 2] - truth[:, 0], truth[:, 3] - truth[:, 1]
+    for s in range(3):
+        copy = boxes[0, s * 2 : s * 2 + 2]
+        assert ((copy[:, 0] - cx).abs() <= 0.2 * w + 1e-4).all() and ((copy[:, 1] - cy).abs() <= 0.2 * h + 1e-4).all()
+        assert ((copy[:, 2] / w - 1).abs() <= 0.4 + 1e-3).all() and ((copy[:, 3] / h - 1).abs() <= 0.4 + 1e-3).all()
+    # No label noise: the content is each target's label embedding.
+    torch.testing.assert_close(content[0, :2], model.label_embed.weight[torch.tensor([0, 2])])
+
+
+def test_group_loss_is_the_sum_of_each_group_matched_alone():
+    torch.manual_seed(0)
+    q, k = 5, 3
+    config = SetLossConfig(classification="focal", class_weight=2.0)
+    logits, boxes = torch.randn(2, 2 * q, k), torch.rand(2, 2 * q, 4) * 0.5 + 0.25
+    outputs = {"logits": logits, "boxes": boxes, "image_wh": torch.tensor([64.0, 64.0])}
+    both = SetCriterion(k, config, num_queries=q)(outputs, targets())
+    alone = [SetCriterion(k, config)({"logits": logits[:, i * q : (i + 1) * q], "boxes": boxes[:, i * q : (i + 1) * q], "image_wh": outputs["image_wh"]}, targets()) for i in range(2)]
+    for name in ("loss_ce", "loss_l1", "loss_giou", "loss"):
+        torch.testing.assert_close(both[name], alone[0][name] + alone[1][name])
+
+
+def test_denoising_loss_vanishes_for_perfect_reconstructions():
+    k = 3
+    t = targets()
+    g = 2
+    truth = torch.zeros(2, g, 4)
+    for i, tt in enumerate(t):
+        b = tt["boxes"] / 64
+        truth[i, : len(b)] = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
+    labels = torch.zeros(2, g, k)
+    for i, tt in enumerate(t):
+        labels[i, torch.arange(len(tt["labels"])), tt["labels"]] = 1
+    dn_logits = (labels * 40 - 20).repeat(1, 2, 1)[None]  # 2 copies, 1 layer: confident and right
+    dn_boxes = truth.repeat(1, 2, 1)[None]
+    outputs = {"logits": torch.randn(2, 4, k), "boxes": torch.rand(2, 4, 4) * 0.5 + 0.25, "image_wh": torch.tensor([64.0, 64.0]),
+               "dn_logits": dn_logits, "dn_boxes": dn_boxes}  # fmt: skip
+    losses = SetCriterion(k, SetLossConfig(classification="focal"))(outputs, t)
+    assert losses["loss_dn_l1"] < 1e-6 and losses["loss_dn_giou"] < 1e-5 and losses["loss_dn_ce"] < 1e-6
+    # Wrong reconstructions cost: the padding slot of image 2 (G = 2, one object) is ignored.
+    outputs["dn_boxes"] = (dn_boxes + 0.05).clamp(0, 1)
+    assert SetCriterion(k, SetLossConfig(classification="focal"))(outputs, t)["loss_dn_l1"] > 0.1
+
+
+@pytest.mark.parametrize("classification", ["focal", "varifocal"])
+def test_sigmoid_matching_uses_the_focal_cost(classification):
+    """The batched matcher's assignment equals brute force over permutations of the focal + box cost."""
+    import itertools
+
+    from plaindet.ops.boxes import generalized_box_iou
+
+    torch.manual_seed(3)
+    q, k = 4, 3
+    config = SetLossConfig(classification=classification, class_weight=2.0)
+    crit = SetCriterion(k, config)
+    logits, boxes = torch.randn(1, 1, q, k), torch.rand(1, 1, q, 4) * 0.4 + 0.3
+    tgt = torch.tensor([[[0.3, 0.3, 0.2, 0.3], [0.6, 0.5, 0.3, 0.2]]])
+    labels = torch.tensor([[2, 0]])
+    match = crit.match(logits, boxes, tgt, labels, [2])[0, 0].tolist()
+    cost = 2.0 * focal_cost(logits[0, 0])[:, labels[0]] + 5.0 * torch.cdist(boxes[0, 0], tgt[0], p=1)
+    cost = cost - 2.0 * generalized_box_iou(cxcywh_to_xyxy(boxes[0, 0]), cxcywh_to_xyxy(tgt[0]))
+    best = min(itertools.permutations(range(q), 2), key=lambda p: float(cost[p[0], 0] + cost[p[1], 1]))
+    assert match == list(best)
+
+
+def test_varifocal_targets_are_the_matched_iou():
+    """A matched query's varifocal target is its box's IoU with the object: a perfectly placed box
+    with the right score gets no classification loss, a misplaced one with the same score does."""
+    k = 2
+    t = [{"boxes": torch.tensor([[16.0, 16.0, 48.0, 48.0]]), "labels": torch.tensor([1])}]
+    logits = torch.full((1, 2, k), -30.0)
+    logits[0, 0, 1] = 30.0  # query 0 is sure of class 1
+    boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.2, 0.2, 0.1, 0.1]]])
+    crit = SetCriterion(k, SetLossConfig(classification="varifocal"))
+    perfect = crit({"logits": logits, "boxes": boxes, "image_wh": torch.tensor([64.0, 64.0])}, t)["loss_ce"]
+    shifted = boxes.clone()
+    shifted[0, 0, 0] += 0.2  # IoU 0.43 with the object, still the better match
+    worse = crit({"logits": logits, "boxes": shifted, "image_wh": torch.tensor([64.0, 64.0])}, t)["loss_ce"]
+    assert perfect < 1e-6 < worse
+
+
+def test_sigmoid_decoding_is_the_top_k_of_every_query_class_pair():
+    torch.manual_seed(0)
+    logits, boxes = torch.randn(2, 5, 3), torch.rand(2, 5, 4) * 0.5 + 0.25
+    got_boxes, got_scores, got_labels = sigmoid_set_detections(logits, boxes, torch.tensor([100.0, 50.0]), 4)
+    for i in range(2):
+        pairs = sorted(((float(logits[i, qq, c].sigmoid()), qq, c) for qq in range(5) for c in range(3)), reverse=True)[:4]
+        assert got_scores[i].tolist() == pytest.approx([p[0] for p in pairs])
+        assert got_labels[i].tolist() == [p[2] for p in pairs]
+        want = cxcywh_to_xyxy(boxes[i, [p[1] for p in pairs]]) * torch.tensor([100.0, 50.0, 100.0, 50.0])
+        torch.testing.assert_close(got_boxes[i], want)
+
+
+def test_anchor_queries_start_at_their_anchors():
+    """The last box layer starts at zero, so an untrained model predicts its anchors (spread over the
+    image, a tenth of its size), and every decoder layer refines the previous one's box."""
+    model = tiny(anchor_queries=True).eval()
+    with torch.no_grad():
+        out = model(images())
+    torch.testing.assert_close(out["boxes"][0], model.anchor_embed.weight.sigmoid(), rtol=0, atol=1e-6)
+    assert torch.allclose(out["boxes"][0, :, 2:], torch.tensor(0.1), atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [{"denoising": 1}, {"query_groups": 0}])
+def test_bad_options_are_config_errors(overrides):
+    from plaindet.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        tiny(**overrides)
+
+
+@pytest.mark.parametrize("name", ["detr-r18", "deperceiver-r18"])
+def test_every_option_trains_every_parameter(name):
+    extra = dict(encoder_layers=1) if name.startswith("detr") else dict(latent_layers=1, num_latents=8)
+    torch.manual_seed(0)
+    base = {k: v for k, v in TINY.items() if k != "encoder_layers"}
+    model = plaindet.create_model(name, num_classes=3, image_size=SIZE, **base, **extra, anchor_queries=True, query_groups=2, denoising=2, loss={"classification": "varifocal"}).train()
+    losses = model.criterion()(model(images(), targets()), targets())
+    losses["loss"].backward()
+    assert {"loss_dn_ce", "loss_dn_l1", "loss_dn_giou", "loss_aux_ce"} <= set(losses)
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
