@@ -190,8 +190,34 @@ def test_every_option_trains_every_parameter(name):
     extra = dict(encoder_layers=1) if name.startswith("detr") else dict(latent_layers=1, num_latents=8)
     torch.manual_seed(0)
     base = {k: v for k, v in TINY.items() if k != "encoder_layers"}
-    model = plaindet.create_model(name, num_classes=3, image_size=SIZE, **base, **extra, anchor_queries=True, query_groups=2, denoising=2, loss={"classification": "varifocal"}).train()
+    spatial = {"spatial_prior": True} if name.startswith("detr") else {}
+    model = plaindet.create_model(name, num_classes=3, image_size=SIZE, **base, **extra, **spatial, anchor_queries=True, query_groups=2, denoising=2, loss={"classification": "varifocal"}).train()
     losses = model.criterion()(model(images(), targets()), targets())
     losses["loss"].backward()
     assert {"loss_dn_ce", "loss_dn_l1", "loss_dn_giou", "loss_aux_ce"} <= set(losses)
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_spatial_prior_centers_cross_attention_on_each_query_box():
+    """With the prior, a query's attention to the memory peaks at its box's grid cell; each head's
+    strength starts at 1, and DePerceiver (latents without positions) refuses the option."""
+    from plaindet.errors import ConfigError
+
+    model = tiny(anchor_queries=True, spatial_prior=True).eval()
+    features = [torch.zeros(1, 512, 4, 8)]  # a 4 x 8 grid (rows x columns)
+    centers, grid = model.memory_centers(features)
+    assert centers.shape == (32, 2) and grid.tolist() == [8.0, 4.0]
+    torch.testing.assert_close(centers[9], torch.tensor([1.5 / 8, 1.5 / 4]))  # row 1, column 1
+    boxes = torch.tensor([[[1.5 / 8, 1.5 / 4, 0.01, 0.01], [0.9, 0.1, 0.5, 0.5]]])
+    bias = model.spatial_bias(0, boxes, centers, grid)
+    assert bias.shape == (1, 4, 2, 32)
+    assert int(bias[0, 0, 0].argmax()) == 9 and float(bias[0, 0, 0, 9]) == pytest.approx(0.0, abs=1e-6)
+    # A small box is still at least half a cell wide: the neighbouring cell is at 2 sigma, not 100.
+    assert float(bias[0, 0, 0, 10]) == pytest.approx(-0.5 * 4, rel=1e-4)
+    with torch.no_grad():
+        out = model(images())
+    assert torch.isfinite(out["logits"]).all()
+    with pytest.raises(ConfigError):
+        plaindet.create_model("deperceiver-r18", num_classes=3, anchor_queries=True, spatial_prior=True)
+    with pytest.raises(ConfigError):
+        tiny(spatial_prior=True)  # without anchors

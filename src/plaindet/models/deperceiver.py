@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from plaindet.models.detr import SetDetector, SetDetectorConfig, build_backbone, sine_position_embedding, xavier_init
+from plaindet.errors import ConfigError
 from plaindet.models.layers import Attention, Mlp
 from plaindet.models.registry import register_model
 
@@ -46,6 +47,8 @@ class DePerceiverConfig(SetDetectorConfig):
         super().__post_init__()
         if self.downsample_factor not in STRIDES:
             raise ValueError(f"downsample_factor must be one of {STRIDES}, got {self.downsample_factor}")
+        if self.spatial_prior:
+            raise ConfigError("spatial_prior needs a memory of known positions; DePerceiver's latents have none")
 
     def strides(self) -> tuple[int, ...]:
         """The feature strides read, finest first."""

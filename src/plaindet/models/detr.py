@@ -127,7 +127,8 @@ class DecoderLayer(nn.Module):
 
     ``tgt (B, Q, D)``, ``query_pos (1 or B, Q, D)`` (added to queries and self-attention keys),
     ``memory (B, S, D)``, ``memory_pos (1 or B, S, D)`` or ``None`` (added to cross-attention keys),
-    ``self_mask (Q, Q)`` bool or ``None`` (which queries each query may see) -> ``(B, Q, D)``.
+    ``self_mask (Q, Q)`` bool or ``None`` (which queries each query may see), ``cross_bias`` float
+    ``(B, heads, Q, S)`` or ``None`` (added to the cross-attention logits) -> ``(B, Q, D)``.
     """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float) -> None:
@@ -140,11 +141,11 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor | None, self_mask: Tensor | None = None) -> Tensor:
+    def forward(self, tgt: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor | None, self_mask: Tensor | None = None, cross_bias: Tensor | None = None) -> Tensor:
         qk = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout(self.self_attn(qk, qk, tgt, self_mask)))
         key = memory if memory_pos is None else memory + memory_pos
-        tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, key, memory)))
+        tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, key, memory, cross_bias)))
         return self.norm3(tgt + self.dropout(self.mlp(tgt)))
 
 
@@ -262,6 +263,12 @@ class SetDetectorConfig(DetectionConfig):
       positions come from the corrected box;
     - ``query_groups``: Group DETR's ``groups`` sets of ``num_queries`` queries in training, each
       matched on its own and blind to the others; inference and export use the first set only;
+    - ``spatial_prior`` (DETR only: its memory is a grid of known positions): SMCA's Gaussian prior
+      (Gao et al. 2021), a bias ``-gamma_h * ((x - cx)^2 / sx^2 + (y - cy)^2 / sy^2) / 2`` on each
+      cross-attention logit from the query's current box (center ``cx, cy``, ``s`` half its size, at
+      least half a grid cell), so a query reads the pixels of its box from the first step; each
+      layer's head learns its own ``gamma_h >= 0`` (starting at 1), so a head can turn it off. Needs
+      ``anchor_queries``;
     - ``denoising``: DN-DETR's ``S`` noised copies of every ground-truth box as extra training
       queries (needs ``anchor_queries``, since a noised box is an anchor): centers moved by up to
       ``dn_box_noise`` half-sizes, sizes scaled by up to ``1 +- dn_box_noise``, labels replaced by a
@@ -282,6 +289,7 @@ class SetDetectorConfig(DetectionConfig):
     aux_loss: bool = True
     loss: SetLossConfig = field(default_factory=SetLossConfig)
     anchor_queries: bool = False
+    spatial_prior: bool = False
     query_groups: int = 1
     denoising: int = 0
     dn_box_noise: float = 0.4
@@ -296,6 +304,8 @@ class SetDetectorConfig(DetectionConfig):
             raise ConfigError(f"denoising must be 0 (off) or the number of noised copies, got {self.denoising}")
         if self.denoising and not self.anchor_queries:
             raise ConfigError("denoising queries are noised boxes, so they need anchor_queries=True")
+        if self.spatial_prior and not self.anchor_queries:
+            raise ConfigError("the spatial prior is centered on each query's box, so it needs anchor_queries=True")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(map(repr, BACKBONES))}, got {self.backbone!r}")
         if self.backbone == "bit" and self.backbone_depth not in BIT_LAYOUTS:
@@ -373,6 +383,9 @@ class SetDetector(DetectionModel):
             self.anchor_pos = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, d))
         else:
             self.query_embed = nn.Embedding(n, d)
+        if c.spatial_prior:
+            # softplus(0.5413) = 1: every head starts with the full prior.
+            self.spatial_gamma = nn.Parameter(torch.full((c.decoder_layers, c.heads), 0.5413))
         self.class_embed = nn.Linear(d, c.num_classes if c.loss.sigmoid else c.num_classes + 1)
         self.bbox_embed = BoxHead(d, 3)
 
@@ -407,10 +420,24 @@ class SetDetector(DetectionModel):
         """Backbone feature maps -> decoder ``memory (B, S, D)`` and its ``memory_pos`` (or ``None``)."""
         raise NotImplementedError
 
+    def memory_centers(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """``centers (S, 2)`` normalized ``x, y`` of each memory token's pixel, for the spatial prior (a model
+        whose memory has no positions does not offer it) and the grid's ``(2,)`` width and height in cells."""
+        raise ConfigError(f"{self.config.name}: spatial_prior needs a memory of known positions, which this model does not have")
+
+    def spatial_bias(self, layer: int, boxes: Tensor, centers: Tensor, grid_wh: Tensor) -> Tensor:
+        """The spatial prior's cross-attention bias ``(B, heads, N, S)`` from ``boxes (B, N, 4)``
+        normalized cxcywh, the memory's ``centers (S, 2)`` and its grid ``grid_wh (2,)``."""
+        sigma = torch.maximum(boxes[..., 2:] / 2, 0.5 / grid_wh)  # (B, N, 2): at least half a cell
+        d = (centers[None, None] - boxes[..., None, :2]) / sigma[..., None, :]  # (B, N, S, 2)
+        gamma = F.softplus(self.spatial_gamma[layer])  # (heads,)
+        return -0.5 * gamma[None, :, None, None] * d.pow(2).sum(-1)[:, None]
+
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict[str, Tensor]:
         self.check_input(images)
         c = self.config
-        memory, memory_pos = self.encode(self.backbone(self.normalize(images)))
+        features = self.backbone(self.normalize(images))
+        memory, memory_pos = self.encode(features)
         image_wh = input_wh(images)
         aux = self.training and c.aux_loss
         groups = c.query_groups if self.training else 1
@@ -428,7 +455,8 @@ class SetDetector(DetectionModel):
                     content = torch.cat([content, dn_content.to(content.dtype)], 1)
                     anchors = torch.cat([anchors, dn_anchors], 1)
             mask = self.query_mask(groups, dn_size, memory.device)
-            hs, boxes = self.decode_anchors(content, anchors, memory, memory_pos, aux, mask)
+            grid = self.memory_centers(features) if c.spatial_prior else None
+            hs, boxes = self.decode_anchors(content, anchors, memory, memory_pos, aux, mask, grid)
         else:
             mask = self.query_mask(groups, 0, memory.device)
             hs = self.decoder(self.query_embed.weight[:n], memory, memory_pos, all_layers=aux, self_mask=mask)  # (L, B, N, D)
@@ -443,13 +471,16 @@ class SetDetector(DetectionModel):
             out["dn_boxes"] = boxes[:, :, n:]
         return out
 
-    def decode_anchors(self, content: Tensor, anchors: Tensor, memory: Tensor, memory_pos: Tensor | None, all_layers: bool, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def decode_anchors(
+        self, content: Tensor, anchors: Tensor, memory: Tensor, memory_pos: Tensor | None, all_layers: bool, mask: Tensor | None, grid: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Decode anchor queries with iterative box refinement.
 
         ``content (B, N, D)``, ``anchors (B, N, 4)`` inverse-sigmoid cxcywh. Each layer's position
         embedding is the MLP of the sine encoding of the current boxes; its output's box head adds a
         correction to their inverse sigmoid; the corrected box is the layer's prediction and,
         detached (Deformable DETR's rule: each layer learns its own correction), the next layer's anchor.
+        ``grid``: the memory's ``(centers (S, 2), grid_wh (2,))`` for the spatial prior, or ``None``.
         Returns ``hs (L, B, N, D)`` (normed) and ``boxes (L, B, N, 4)`` in [0, 1]; ``L = 1`` (the last
         layer) unless ``all_layers``.
         """
@@ -457,8 +488,10 @@ class SetDetector(DetectionModel):
         tgt, ref = content, anchors.float()
         states, boxes = [], []
         for i, layer in enumerate(self.decoder.layers):
-            pos = self.anchor_pos(sine_box_embedding(ref.sigmoid(), d).to(memory.dtype))
-            tgt = layer(tgt, pos, memory, memory_pos, mask)
+            current = ref.sigmoid()
+            pos = self.anchor_pos(sine_box_embedding(current, d).to(memory.dtype))
+            bias = None if grid is None else self.spatial_bias(i, current, *grid).to(memory.dtype)
+            tgt = layer(tgt, pos, memory, memory_pos, mask, bias)
             if all_layers or i == len(self.decoder.layers) - 1:
                 h = self.decoder.norm(tgt)
                 box = ref + self.bbox_embed(h).float()
@@ -520,9 +553,9 @@ class SetDetector(DetectionModel):
         return SetCriterion(self.config.num_classes, self.config.loss, num_queries=self.config.num_queries)
 
     def no_weight_decay(self) -> set[str]:
-        if self.config.anchor_queries:
-            return {"anchor_embed.weight", "label_embed.weight"}
-        return {"query_embed.weight"}
+        c = self.config
+        names = {"anchor_embed.weight", "label_embed.weight"} if c.anchor_queries else {"query_embed.weight"}
+        return names | ({"spatial_gamma"} if c.spatial_prior else set())
 
 
 def set_detections(logits: Tensor, boxes: Tensor, image_wh: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -594,6 +627,16 @@ class DETR(SetDetector):
         pos = sine_position_embedding(h, w, x.shape[1], x.device).to(x.dtype)[None]
         memory = self.encoder(x.flatten(2).transpose(1, 2), pos)
         return memory, pos
+
+    def memory_centers(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The stride-32 grid's pixel centers ``(S, 2)`` normalized ``x, y`` (row-major, as the memory)
+        and its ``(2,)`` width and height in cells; from ``arange``, so export keeps them symbolic."""
+        h, w = features[-1].shape[-2:]
+        one = torch.ones((), device=features[-1].device)
+        ys = (torch.arange(h, dtype=torch.float32, device=one.device) + 0.5) / h
+        xs = (torch.arange(w, dtype=torch.float32, device=one.device) + 0.5) / w
+        centers = torch.stack((xs[None, :].expand(h, w), ys[:, None].expand(h, w)), -1).reshape(-1, 2)
+        return centers, torch.stack((one * w, one * h))
 
 
 @register_model
