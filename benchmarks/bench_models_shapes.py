@@ -1,10 +1,11 @@
 """Every detector family on the shapes set with the same engine and the same CPU budget.
 
-    python benchmarks/bench_models_shapes.py [--minutes 4] [--size 256] [--models plaindet-t detr-r18 ... | all]
+    python benchmarks/bench_models_shapes.py [--minutes 4 | --steps N] [--size 256] [--models plaindet-t detr-r18 ... | all]
         [--ablate] [--split test|valid] [--set FIELD=JSON ...] [--curve-every 1]
 
 Each model trains from random weights (nothing can be downloaded here) on 1,500 shapes images for
-``--minutes`` of wall time (``TrainConfig.time_limit``), batch 8, constant learning rate after
+``--minutes`` of wall time (``TrainConfig.time_limit``), or for ``--steps`` optimizer steps (a
+budget that a machine shared with other work does not distort), batch 8, constant learning rate after
 warmup with EMA weights, one after another in this process; then its final weights are evaluated
 on the 200 images of ``--split`` (test by default; the validation split is the one settings are
 chosen on: screen with ``--split valid``). Prints a markdown table of AP, small-object AP, steps
@@ -66,6 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=SMALL, help="registered names, or all")
     ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--steps", type=int, default=0, help="a step budget instead of --minutes")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", default="test", choices=["test", "valid"], help="the split the table reports")
@@ -84,7 +86,8 @@ def main() -> None:
 
     base = TrainConfig(
         data="shapes", shapes_train=1500, shapes_val=200, shapes_test=200, image_size=args.size, batch_size=8, epochs=100,
-        warmup_steps=50, min_lr_ratio=1.0, ema_decay=0.998, eval_every=args.curve_every or 1000, time_limit=args.minutes,
+        warmup_steps=50, min_lr_ratio=1.0, ema_decay=0.998, eval_every=args.curve_every or 1000,
+        time_limit=0.0 if args.steps else args.minutes, max_steps=args.steps,
         augment={"crop": 0.0, "zoom_out": 0.0},
     )  # fmt: skip
     datasets = load_splits(base)
@@ -117,7 +120,8 @@ def main() -> None:
         rows.append((name, result, ablations))
 
     extra = list(ABLATIONS) if args.ablate else []
-    print(f"\nshapes set, {args.size} px, batch 8, {args.minutes:g} min of training each, {args.threads} threads; "
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    print(f"\nshapes set, {args.size} px, batch 8, {budget} of training each, {args.threads} threads; "
           f"the 200 {args.split} images{'; ' + ', '.join(args.set) if args.set else ''}")  # fmt: skip
     print("| model | lr | steps | s/step | AP | AP50 | AP75 | APs |" + "".join(f" AP, {o} |" for o in extra))
     print("|---|---|---|---|---|---|---|---|" + "---|" * len(extra))

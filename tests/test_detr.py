@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import plaindet
 from plaindet.config import from_dict, to_dict
-from plaindet.models.detr import DetrConfig, sine_position_embedding
+from plaindet.models.detr import DETR_PAPER, DetrConfig, sine_position_embedding
 from plaindet.models.detr_weights import detr_state_from_original, detr_state_from_transformers, load_detr_weights
 from plaindet.models.set_criterion import SetCriterion, SetLossConfig
 from plaindet.models.resnet import ResNet
@@ -28,7 +28,7 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 def tiny_detr(num_classes: int = 3, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    return plaindet.create_model("detr-r18", num_classes=num_classes, **{**TINY, **overrides})
+    return plaindet.create_model("detr-r18", num_classes=num_classes, **{**TINY, **DETR_PAPER, **overrides})
 
 
 def random_targets(g: torch.Generator, counts: list[int], h: int, w: int, num_classes: int) -> list[dict]:
@@ -185,7 +185,7 @@ def test_parity_with_transformers(small_hf):
 def test_parity_with_transformers_detr_r50_dims(measured):
     hf = transformers_detr(full=True)
     torch.manual_seed(0)
-    model = plaindet.create_model("detr-r50", num_classes=5).eval()
+    model = plaindet.create_model("detr-r50", num_classes=5, **DETR_PAPER).eval()
     model.load_state_dict(detr_state_from_transformers(hf.state_dict()), strict=True)
     images = torch.randint(0, 256, (2, 3, 256, 320), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     logits, boxes = hf_forward(hf, images)
@@ -267,7 +267,7 @@ def test_backbone_weights_load_and_freeze_the_stem_and_layer1(tmp_path):
     torch.manual_seed(1)
     weights = ResNet(18).state_dict()  # a ResNet-18 of its own random init: other values than the model's
     torch.save(weights, tmp_path / "resnet18.pth")
-    model = plaindet.create_model("detr-r18", num_classes=3, backbone_weights=tmp_path / "resnet18.pth", **TINY)
+    model = plaindet.create_model("detr-r18", num_classes=3, backbone_weights=tmp_path / "resnet18.pth", **TINY, **DETR_PAPER)
     assert model.config.frozen_stages == 2
     assert all(torch.equal(model.backbone.state_dict()[k], v) for k, v in weights.items())
     frozen = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}

@@ -64,6 +64,18 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+# The options the published DETR checkpoints (facebookresearch/detr, transformers) were trained
+# with: softmax classes, learned query embeddings, no query groups or denoising. Pass them to build a
+# model those weights load into: create_model("detr-r50", num_classes=91, **DETR_PAPER).
+DETR_PAPER: dict[str, Any] = {
+    "loss": {"classification": "softmax", "class_weight": 1.0},
+    "anchor_queries": False,
+    "spatial_prior": False,
+    "query_groups": 1,
+    "denoising": 0,
+}
+
+
 # ------------------------------------------------------------------------------------------------
 # Building blocks
 

@@ -1,7 +1,9 @@
 """Load published DETR weights: the original repository's checkpoints and ``transformers``' models.
 
 plaindet's DETR (:class:`~plaindet.models.detr.DETR`) names its parameters close to the original
-code, so most keys only lose a prefix. The mapping (``N``: a layer index, ``*``: the rest unchanged):
+code, so most keys only lose a prefix. The published weights were trained without the convergence
+options (sigmoid classes, anchor queries, ...): build the model with
+:data:`~plaindet.models.detr.DETR_PAPER` for them to load. The mapping (``N``: a layer index, ``*``: the rest unchanged):
 
 ==========================================================  ============================================
 facebookresearch/detr (``detr-r50-e632da11.pth``)           plaindet
