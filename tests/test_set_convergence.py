@@ -221,3 +221,26 @@ def test_spatial_prior_centers_cross_attention_on_each_query_box():
         plaindet.create_model("deperceiver-r18", num_classes=3, anchor_queries=True, spatial_prior=True)
     with pytest.raises(ConfigError):
         tiny(spatial_prior=True)  # without anchors
+
+
+@pytest.mark.parametrize("name", ["detr-r18", "deperceiver-r18"])
+def test_dense_aux_head_trains_the_backbone_directly_and_is_dropped_at_inference(name):
+    extra = dict(encoder_layers=1) if name.startswith("detr") else dict(latent_layers=1, num_latents=8, downsample_factor=16, multi_scale=True)
+    base = {k: v for k, v in TINY.items() if k != "encoder_layers"}
+    torch.manual_seed(0)
+    model = plaindet.create_model(name, num_classes=3, image_size=SIZE, **base, **extra, dense_aux=True, loss={"classification": "focal"}).train()
+    out = model(images(), targets())
+    cells = (SIZE // 32) ** 2 if name.startswith("detr") else (SIZE // 16) ** 2 + (SIZE // 32) ** 2
+    assert out["dense"]["logits"].shape == (2, cells, 3) and out["dense"]["boxes"].shape == (2, cells, 4)
+    losses = model.criterion()(out, targets())
+    assert {"loss_dense_ce", "loss_dense_l1", "loss_dense_giou"} <= set(losses) and losses["loss_dense_l1"] > 0
+    # Without the dense head's loss, the total is what it was: the head only adds its own terms.
+    plain = model.criterion()({k: v for k, v in out.items() if k != "dense"}, targets())
+    w = model.config.loss
+    added = w.class_weight * losses["loss_dense_ce"] + w.l1_weight * losses["loss_dense_l1"] + w.giou_weight * losses["loss_dense_giou"]
+    torch.testing.assert_close(losses["loss"], plain["loss"] + added)
+    losses["loss"].backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    model.eval()
+    with torch.no_grad():
+        assert "dense" not in model(images())

@@ -160,6 +160,13 @@ class DePerceiver(SetDetector):
         # The latents carry no position: the queries attend to them by content alone.
         return self.encoder(inputs, pos), None
 
+    def dense_strides(self) -> tuple[int, ...]:
+        return self.config.strides()
+
+    def dense_maps(self, features: list[Tensor], memory: Tensor) -> list[Tensor]:
+        # The projected maps the latents read (the 1x1 projections again: cheap, and encode stays one path).
+        return [proj(features[i]) for i, proj in zip(self._stage_index, self.input_proj)]
+
     def no_weight_decay(self) -> set[str]:
         names = super().no_weight_decay() | {"encoder.latents"}
         if self.scale_embed is not None:

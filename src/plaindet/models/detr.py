@@ -32,6 +32,7 @@ from plaindet.errors import ConfigError
 from plaindet.models.base import DetectionConfig, DetectionModel
 from plaindet.models.bit import BIT_LAYOUTS, BiT
 from plaindet.models.bit_weights import load_bit_weights
+from plaindet.models.head import DenseHead
 from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Attention, Mlp, Normalize
 from plaindet.models.registry import register_model
 from plaindet.models.resnet import ResNet, load_resnet_weights
@@ -71,6 +72,7 @@ DETR_PAPER: dict[str, Any] = {
     "loss": {"classification": "softmax", "class_weight": 1.0},
     "anchor_queries": False,
     "spatial_prior": False,
+    "dense_aux": False,
     "query_groups": 1,
     "denoising": 0,
 }
@@ -281,6 +283,10 @@ class SetDetectorConfig(DetectionConfig):
       least half a grid cell), so a query reads the pixels of its box from the first step; each
       layer's head learns its own ``gamma_h >= 0`` (starting at 1), so a head can turn it off. Needs
       ``anchor_queries``;
+    - ``dense_aux``: a training-only dense head (:class:`~plaindet.models.head.DenseHead`, one conv
+      layer per tower) on the memory grid (DETR) or the features the latents read (DePerceiver),
+      trained one-to-many like the flagship's auxiliary head (Co-DETR's collaborative heads): a
+      direct, dense signal for the backbone and encoder, dropped at inference and export;
     - ``denoising``: DN-DETR's ``S`` noised copies of every ground-truth box as extra training
       queries (needs ``anchor_queries``, since a noised box is an anchor): centers moved by up to
       ``dn_box_noise`` half-sizes, sizes scaled by up to ``1 +- dn_box_noise``, labels replaced by a
@@ -302,6 +308,7 @@ class SetDetectorConfig(DetectionConfig):
     loss: SetLossConfig = field(default_factory=SetLossConfig)
     anchor_queries: bool = False
     spatial_prior: bool = False
+    dense_aux: bool = False
     query_groups: int = 1
     denoising: int = 0
     dn_box_noise: float = 0.4
@@ -400,6 +407,8 @@ class SetDetector(DetectionModel):
             self.spatial_gamma = nn.Parameter(torch.full((c.decoder_layers, c.heads), 0.5413))
         self.class_embed = nn.Linear(d, c.num_classes if c.loss.sigmoid else c.num_classes + 1)
         self.bbox_embed = BoxHead(d, 3)
+        if c.dense_aux:
+            self.dense_head = DenseHead(d, c.num_classes, self.dense_strides(), depth=1)
 
     def _init_decoder(self) -> None:
         """DETR's Xavier init of the decoder; for sigmoid classes a prior of 0.01 on every class (focal
@@ -430,6 +439,15 @@ class SetDetector(DetectionModel):
 
     def encode(self, features: list[Tensor]) -> tuple[Tensor, Tensor | None]:
         """Backbone feature maps -> decoder ``memory (B, S, D)`` and its ``memory_pos`` (or ``None``)."""
+        raise NotImplementedError
+
+    def dense_strides(self) -> tuple[int, ...]:
+        """The strides of the maps :meth:`dense_maps` returns."""
+        raise NotImplementedError
+
+    def dense_maps(self, features: list[Tensor], memory: Tensor) -> list[Tensor]:
+        """``(B, D, h, w)`` maps the training-only dense head reads, from the backbone ``features`` and
+        the decoder's ``memory (B, S, D)``."""
         raise NotImplementedError
 
     def memory_centers(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -481,6 +499,8 @@ class SetDetector(DetectionModel):
         if dn_size:
             out["dn_logits"] = logits[:, :, n:]
             out["dn_boxes"] = boxes[:, :, n:]
+        if self.training and c.dense_aux:
+            out["dense"] = self.dense_head(self.dense_maps(features, memory))
         return out
 
     def decode_anchors(
@@ -639,6 +659,13 @@ class DETR(SetDetector):
         pos = sine_position_embedding(h, w, x.shape[1], x.device).to(x.dtype)[None]
         memory = self.encoder(x.flatten(2).transpose(1, 2), pos)
         return memory, pos
+
+    def dense_strides(self) -> tuple[int, ...]:
+        return (32,)
+
+    def dense_maps(self, features: list[Tensor], memory: Tensor) -> list[Tensor]:
+        h, w = features[-1].shape[-2:]
+        return [memory.transpose(1, 2).reshape(memory.shape[0], memory.shape[2], h, w)]
 
     def memory_centers(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The stride-32 grid's pixel centers ``(S, 2)`` normalized ``x, y`` (row-major, as the memory)

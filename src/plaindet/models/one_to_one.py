@@ -129,6 +129,14 @@ class OneToOneCriterion(nn.Module):
         loss_giou = (1 - generalized_box_iou(src, tgt, pairwise=False)).sum() / num_boxes
         return {"cls": loss_cls, "l1": loss_l1, "giou": loss_giou}
 
+    def one_to_many_loss(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """The one-to-many branch's unweighted ``cls``, ``l1`` and ``giou`` losses (see :meth:`match_many`)
+        of a head's ``outputs``, each divided by the positives in the global batch. The auxiliary
+        branch here, and the set-prediction models' training-only dense head (Co-DETR's idea)."""
+        indices = self.match_many(outputs, targets)
+        n_pos = loss_normalizer(sum(len(p) for p, _ in indices), outputs["logits"].device)
+        return self._branch_loss(outputs, targets, indices, n_pos)
+
     def forward(self, outputs: dict, targets: list[dict], num_boxes: float | None = None) -> dict[str, Tensor]:
         """``num_boxes``: the loss divisor; by default the objects in the global batch, divided by the
         number of processes (see :func:`~plaindet.ops.losses.loss_normalizer`)."""
@@ -140,10 +148,7 @@ class OneToOneCriterion(nn.Module):
         losses = {f"loss_{k}": v for k, v in parts.items()}
         total = self.w.cls * parts["cls"] + self.w.l1 * parts["l1"] + self.w.giou * parts["giou"]
         if "aux" in outputs:
-            aux = outputs["aux"]
-            indices = self.match_many(aux, targets)
-            n_aux = loss_normalizer(sum(len(p) for p, _ in indices), device)
-            aux_parts = self._branch_loss(aux, targets, indices, n_aux)
+            aux_parts = self.one_to_many_loss(outputs["aux"], targets)
             losses.update({f"loss_aux_{k}": v for k, v in aux_parts.items()})
             total = total + self.w.cls * aux_parts["cls"] + self.w.l1 * aux_parts["l1"] + self.w.giou * aux_parts["giou"]
         losses["loss"] = total

@@ -29,6 +29,10 @@ Two kinds of extra training-only queries are supervised here (the model makes th
   sometimes flipped labels) enter the decoder as extra queries whose target is known, the object they
   were made from; no matching, so they give the decoder a stable signal from the first step.
 
+A training-only **dense head** (Co-DETR, Zong et al. 2023) on the decoder's memory (or the
+features it reads) gets the dense detector's one-to-many supervision (``dense`` in the outputs), so
+the backbone and encoder learn from every object at every step, not only through cross-attention.
+
 Matching is batched: the cost matrices of all decoder layers (and groups) of all images are
 computed in one tensor op and solved in one call (see :mod:`plaindet.ops.matching`), exactly
 (Hungarian) or on the device by entropic optimal transport (``matcher="sinkhorn"``).
@@ -245,8 +249,25 @@ class SetCriterion(nn.Module):
             dn = self.denoising_losses(outputs["dn_logits"], outputs["dn_boxes"], tgt_boxes, tgt_labels, valid, num_boxes)
             losses.update(dn)
             total = total + w.class_weight * dn["loss_dn_ce"] + w.l1_weight * dn["loss_dn_l1"] + w.giou_weight * dn["loss_dn_giou"]
+        if "dense" in outputs:
+            dense = self.dense_losses(outputs["dense"], targets, outputs["image_wh"])
+            losses.update(dense)
+            total = total + w.class_weight * dense["loss_dense_ce"] + w.l1_weight * dense["loss_dense_l1"] + w.giou_weight * dense["loss_dense_giou"]
         losses["loss"] = total
         return losses
+
+    def dense_losses(self, dense: dict[str, Tensor], targets: list[dict], image_wh: Tensor) -> dict[str, Tensor]:
+        """The training-only dense head's one-to-many losses (Co-DETR's auxiliary head, with the dense
+        detector's assignment: each object's ``aux_topk`` cheapest locations inside its box): focal
+        classes, L1 of boxes normalized by the input size, GIoU."""
+        from plaindet.models.one_to_one import LossWeights, OneToOneCriterion
+
+        w = self.config
+        size = (int(image_wh[1]), int(image_wh[0]))
+        sized = [{"boxes": t["boxes"], "labels": t["labels"], "size": size} for t in targets]
+        head = OneToOneCriterion(self.num_classes, LossWeights(cls=w.class_weight, l1=w.l1_weight, giou=w.giou_weight, focal_alpha=w.focal_alpha, focal_gamma=w.focal_gamma))
+        parts = head.one_to_many_loss(dense, sized)
+        return {"loss_dense_ce": parts["cls"], "loss_dense_l1": parts["l1"], "loss_dense_giou": parts["giou"]}
 
     def denoising_losses(self, logits: Tensor, boxes: Tensor, tgt_boxes: Tensor, tgt_labels: Tensor, valid: Tensor, num_boxes: float) -> dict[str, Tensor]:
         """The denoising queries' losses, summed over layers and noised copies: each query learns the
