@@ -67,6 +67,8 @@ __all__ = [
 
 _DECODINGS = ("greedy", "topk", "nucleus")
 _ORDERS = ("raster", "area")
+_TOKEN_ORDERS = ("corners_class", "class_corners")
+_SCORES = ("class", "class_corners")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -111,12 +113,16 @@ class PatchTokConfig(DetectionConfig):
     backbone_trainable: bool = True
     decoder: SeqDecoderConfig = field(default_factory=SeqDecoderConfig)
     max_objects: int = 30
+    token_order: str = "corners_class"
     object_order: str = "raster"
     random_order: bool = False
     decoding: str = "greedy"
     top_k: int = 5
     top_p: float = 0.9
     temperature: float = 1.0
+    fill_slots: bool = False
+    score: str = "class_corners"
+    multi_label: bool = False
     eos_weight: float = 0.1
     offset_weight: float = 1.0
 
@@ -126,6 +132,10 @@ class PatchTokConfig(DetectionConfig):
             raise ValueError(f"image_size {self.image_size} must be a multiple of the patch size {self.backbone.patch_size}")
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be at least 1, got {self.max_objects}")
+        if self.token_order not in _TOKEN_ORDERS:
+            raise ValueError(f"token_order must be one of {_TOKEN_ORDERS}, got {self.token_order!r}")
+        if self.score not in _SCORES:
+            raise ValueError(f"score must be one of {_SCORES}, got {self.score!r}")
         if self.object_order not in _ORDERS:
             raise ValueError(f"object_order must be one of {_ORDERS}, got {self.object_order!r}")
         if self.decoding not in _DECODINGS:
@@ -257,15 +267,19 @@ def object_order(boxes: Tensor, tl: Tensor, rule: str, max_objects: int, shuffle
     raise ValueError(f"unknown object order {rule!r}; expected one of {_ORDERS}")
 
 
-def grammar_mask(inputs: Tensor, steps: Tensor, vocab: Vocabulary, grid: tuple[int, int], max_objects: int) -> Tensor:
+def grammar_mask(
+    inputs: Tensor, steps: Tensor, vocab: Vocabulary, grid: tuple[int, int], max_objects: int, class_first: bool = False
+) -> Tensor:
     """Which tokens may follow, per step.
 
     Args:
         inputs: ``(B, T)`` the token at each step's input index (for a bottom-right step, the
             top-left token it must not precede).
-        steps: ``(T,)`` the input indices ``t`` (the step predicts token ``t + 1`` of the sequence).
+        steps: ``(T,)`` the input indices ``t`` (the step predicts token ``t + 1`` of the sequence,
+            at place ``t % 3`` of its object).
         grid: ``(h, w)`` the input's patch grid, at most ``vocab.grid`` on each side.
         max_objects: after this many objects only EOS may come.
+        class_first: objects are ``class, tl, br`` (else ``tl, br, class``).
 
     Returns:
         ``(B, T, vocab.size)`` bool, True where allowed. BOS and PAD are never allowed. For a
@@ -280,11 +294,16 @@ def grammar_mask(inputs: Tensor, steps: Tensor, vocab: Vocabulary, grid: tuple[i
     kind = (steps % 3)[None, :, None]  # (1, T, 1)
 
     may_add = (steps < 3 * max_objects)[:, None]  # (T, 1)
-    class_ok = ((tokens < vocab.num_classes)[None, :] & may_add) | (tokens == vocab.eos)[None, :]  # (T, V)
+    is_class, is_eos = (tokens < vocab.num_classes)[None, :], (tokens == vocab.eos)[None, :]
     tl_row, tl_col = vocab.row_col(inputs)
     br_ok = in_grid & (row >= tl_row[..., None]) & (col >= tl_col[..., None])  # (B, T, V)
+    # An object's first token, or EOS (T, V); then its other two.
+    if class_first:
+        first, second, third = (is_class & may_add) | is_eos, in_grid[None], br_ok
+    else:
+        first, second, third = (in_grid[None] & may_add) | is_eos, br_ok, is_class
     # Boolean algebra rather than torch.where: ONNX Runtime has no Where kernel for booleans.
-    return ((kind == 0) & class_ok[None]) | ((kind == 1) & in_grid) | ((kind == 2) & br_ok)
+    return ((kind == 0) & first[None]) | ((kind == 1) & second) | ((kind == 2) & third)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -367,6 +386,9 @@ class PatchTokDetector(DetectionModel):
         bb, dec = config.backbone, config.decoder
         self.patch_size = bb.patch_size
         self.vocab = Vocabulary(config.num_classes, config.image_size // bb.patch_size)
+        # Where the class and the top-left corner sit in an object's three tokens (bottom-right follows top-left).
+        self.class_first = config.token_order == "class_corners"
+        self.class_place, self.tl_place = (0, 1) if self.class_first else (2, 0)
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
         self.backbone = ViT(bb)
         self.memory_proj = nn.Linear(bb.width, dec.width)
@@ -475,7 +497,8 @@ class PatchTokDetector(DetectionModel):
 
         Returns:
             ``tokens (B, T + 1)`` int64 (BOS, triples, EOS, PAD), ``offset_targets (B, T, 2)`` and
-            ``offset_mask (B, T)`` bool, set at each corner token's input index; ``T = 1 + 3 * n``
+            ``offset_mask (B, T)`` bool, set at each corner token's input index (where the corner is
+            read, so its offset is predicted once its patch is known); ``T = 1 + 3 * n``
             for the most objects ``n`` of any image (at most ``max_objects``).
         """
         vocab, p = self.vocab, self.patch_size
@@ -495,7 +518,8 @@ class PatchTokDetector(DetectionModel):
             boxes, labels = boxes[keep], labels[keep]
             tl, br, offsets = corner_tokens(boxes, vocab, p)
             order = object_order(boxes, tl, self.config.object_order, self.config.max_objects, shuffle)
-            bodies.append(torch.stack([labels[order], tl[order], br[order]], dim=1).flatten())
+            triple = [labels[order], tl[order], br[order]] if self.class_first else [tl[order], br[order], labels[order]]
+            bodies.append(torch.stack(triple, dim=1).flatten())
             corner_offsets.append(offsets[order])
         n_max = max(len(b) // 3 for b in bodies)
         T = 1 + 3 * n_max
@@ -507,7 +531,7 @@ class PatchTokDetector(DetectionModel):
             n = len(offsets)
             tokens[i, 1 : 1 + 3 * n] = body
             tokens[i, 1 + 3 * n] = vocab.eos
-            tl_index = 3 * torch.arange(n, device=device) + 2  # object j's top-left is input 3j + 2
+            tl_index = 3 * torch.arange(n, device=device) + 1 + self.tl_place  # object j's top-left is token 1 + 3j + place
             offset_targets[i, tl_index] = offsets[:, :2]
             offset_targets[i, tl_index + 1] = offsets[:, 2:]
             offset_mask[i, tl_index] = True
@@ -528,7 +552,7 @@ class PatchTokDetector(DetectionModel):
         steps = torch.arange(inputs.shape[1], device=inputs.device)
         return {
             "logits": self._logits(hidden, memory, grid),
-            "allowed": grammar_mask(inputs, steps, self.vocab, grid, self.config.max_objects),
+            "allowed": grammar_mask(inputs, steps, self.vocab, grid, self.config.max_objects, self.class_first),
             "tokens": tokens,
             "offsets": self._offsets(hidden, memory, inputs, grid),
             "offset_targets": offset_targets,
@@ -540,39 +564,50 @@ class PatchTokDetector(DetectionModel):
     ) -> dict[str, Tensor]:
         """Autoregressive decoding with a key/value cache: one token per step, ``3 * M + 1`` steps at most."""
         cfg, vocab = self.config, self.vocab
-        B, M, device = memory.shape[0], cfg.max_objects, memory.device
+        B, M, K, device = memory.shape[0], cfg.max_objects, vocab.num_classes, memory.device
         labels = torch.zeros(B, M, dtype=torch.int64, device=device)
         corners = torch.full((B, M, 2), vocab.pad, dtype=torch.int64, device=device)  # tl, br tokens
         offsets = torch.zeros(B, M, 4, device=device)
-        probs = torch.zeros(B, M, 3, device=device)  # of the class, tl and br tokens chosen
+        corner_probs = torch.zeros(B, M, 2, device=device)  # of the tl and br tokens chosen
+        class_probs = torch.zeros(B, M, K, device=device)  # every class, given that there is an object
+        objectness = torch.zeros(B, M, device=device)  # 1 - P(EOS) where the object's first token came
         emitted = torch.zeros(B, M, dtype=torch.bool, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         token = torch.full((B,), vocab.bos, dtype=torch.int64, device=device)
+        is_eos = torch.arange(vocab.size, device=device) == vocab.eos
+        corner_place = {self.tl_place: 0, self.tl_place + 1: 1}  # place in the triple -> corner (tl 0, br 1)
         sequence = [token]
         past = None
         for t in range(3 * M + 1):
             hidden, past = self._decode(token[:, None], t, memory_kv, past)
-            kind, j = t % 3, t // 3
-            if t > 0 and kind != 1:  # the input is a corner: predict its offset within the patch
-                col = 0 if kind == 2 else 2
+            if t > 0 and (t - 1) % 3 in corner_place:  # the input is a corner: predict its offset within the patch
+                col = 2 * corner_place[(t - 1) % 3]
                 offset = self._offsets(hidden, memory, token[:, None], grid)[:, 0]
                 offsets[:, (t - 1) // 3, col : col + 2] = offset.float()
             if t == 3 * M:  # M objects written: only EOS may follow
                 sequence.append(torch.where(done, vocab.pad, vocab.eos))
                 break
-            allowed = grammar_mask(token[:, None], torch.tensor([t], device=device), vocab, grid, M)[:, 0]
+            place, j = t % 3, t // 3
+            allowed = grammar_mask(token[:, None], torch.tensor([t], device=device), vocab, grid, M, self.class_first)[:, 0]
             logits = self._logits(hidden, memory, grid)[:, 0].float()
             logits = logits.masked_fill(~(allowed | done[:, None]), float("-inf"))
-            choice = self._choose(logits)
-            prob = logits.softmax(-1).gather(1, choice[:, None])[:, 0]
+            # Probabilities given that an object follows: EOS's share is the objectness, kept apart.
+            probs = logits.masked_fill(is_eos, float("-inf")).softmax(-1)
+            # fill_slots: EOS is never chosen; the objects after the model would have stopped then
+            # carry its low objectness, so they rank below the ones it is sure of.
+            choice = self._choose(logits.masked_fill(is_eos, float("-inf")) if cfg.fill_slots else logits)
             choice = torch.where(done, vocab.pad, choice)
-            if kind == 0:
+            if place == 0:
+                objectness[:, j] = 1.0 - logits.softmax(-1)[:, vocab.eos]
                 done = done | (choice == vocab.eos)
-                labels[:, j] = choice.clamp(max=vocab.num_classes - 1)
                 emitted[:, j] = ~done
+            if place == self.class_place:
+                labels[:, j] = choice.clamp(max=K - 1)
+                class_probs[:, j] = probs[:, :K]
             else:
-                corners[:, j, kind - 1] = choice
-            probs[:, j, kind] = prob
+                corner = corner_place[place]
+                corners[:, j, corner] = choice
+                corner_probs[:, j, corner] = probs.gather(1, choice.clamp(max=vocab.size - 1)[:, None])[:, 0]
             sequence.append(choice)
             token = choice
             # Stop once every sequence has ended, except when tracing or exporting (a graph can't
@@ -590,9 +625,18 @@ class PatchTokDetector(DetectionModel):
         valid = emitted & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
         # The class probability says what, the corners' say where; their geometric mean keeps a
         # box's score from shrinking just because it takes two tokens to place.
-        scores = probs[..., 0] * (probs[..., 1] * probs[..., 2]).sqrt() * valid
+        certainty = objectness * valid
+        if cfg.score == "class_corners":
+            certainty = certainty * (corner_probs[..., 0] * corner_probs[..., 1]).sqrt()
+        class_scores = class_probs * certainty[..., None]
         # Empty slots and boxes whose offsets crossed (both corners in one patch) become zero boxes.
-        return {"boxes": boxes * valid[..., None], "scores": scores, "labels": labels * valid, "tokens": tokens}
+        return {
+            "boxes": boxes * valid[..., None],
+            "scores": class_scores.gather(2, labels[..., None])[..., 0],
+            "labels": labels * valid,
+            "class_scores": class_scores,
+            "tokens": tokens,
+        }
 
     def _choose(self, logits: Tensor) -> Tensor:
         """One token per row of masked ``logits (B, V)``: greedy, top-k or nucleus sampling."""
@@ -619,10 +663,16 @@ class PatchTokDetector(DetectionModel):
         ``labels (B, k)``, with ``k = max_detections`` (default ``config.max_detections``).
         """
         k = max_detections or self.config.max_detections
-        # topk, not sort: ONNX has no stable sort, and the order of tied (zero) scores doesn't matter.
-        scores, order = outputs["scores"].float().topk(min(k, outputs["scores"].shape[1]), dim=1)
+        if self.config.multi_label:  # every (slot, class) pair is a detection, as in DETR's postprocess
+            flat = outputs["class_scores"].float().flatten(1)
+            num_classes = outputs["class_scores"].shape[-1]
+            scores, order = flat.topk(min(k, flat.shape[1]), dim=1)
+            labels, order = order % num_classes, torch.div(order, num_classes, rounding_mode="floor")
+        else:
+            # topk, not sort: ONNX has no stable sort, and the order of tied (zero) scores doesn't matter.
+            scores, order = outputs["scores"].float().topk(min(k, outputs["scores"].shape[1]), dim=1)
+            labels = outputs["labels"].gather(1, order)
         boxes = outputs["boxes"].float().gather(1, order[..., None].expand(-1, -1, 4))
-        labels = outputs["labels"].gather(1, order)
         pad = k - scores.shape[1]
         if pad > 0:
             scores, labels = F.pad(scores, (0, pad)), F.pad(labels, (0, pad))
