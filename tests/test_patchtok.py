@@ -181,6 +181,26 @@ def test_build_sequences_layout(token_order):
         model.build_sequences([{"boxes": torch.tensor([[0.0, 0, 9, 9]]), "labels": torch.tensor([3])}], (64, 64), False)
 
 
+@pytest.mark.parametrize("token_order", ["corners_class", "class_corners"])
+def test_patch_targets_mark_corners_and_centres(token_order):
+    model = tiny_model(token_order=token_order, patch_weight=1.0)
+    targets = [
+        # A big box: corners in patches (0, 0) and (3, 3), centre (26.5, 32) in patch (2, 1); a small
+        # one whose top-left shares patch (0, 0): bottom-right (1, 1), centre (15, 20) in (1, 0).
+        {"boxes": torch.tensor([[3.0, 4, 50, 60], [10, 10, 20, 30]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 96, dtype=torch.uint8), targets)
+    w = 6  # the 64 x 96 input's grid is 4 x 6
+    expected = {(0, 0), (3 * w + 3, 1), (2 * w + 1, 2 + 1), (1 * w + 1, 1), (1 * w + 0, 2 + 2)}
+    assert set(map(tuple, out["patch_targets"][0].nonzero().tolist())) == expected
+    assert out["patch_targets"].shape == (2, 24, 5) and not out["patch_targets"][1].any()
+    assert out["patch_logits"].shape == (2, 24, 5)
+    losses = model.criterion()(out, targets)
+    assert torch.isfinite(losses["loss_patch"]) and losses["loss"] > losses["loss_ce"] + losses["loss_offset"]
+
+
 def test_teacher_forced_targets_are_always_allowed_by_the_grammar():
     model = tiny_model(max_objects=4).eval()
     g = torch.Generator().manual_seed(0)

@@ -3,9 +3,12 @@
 Detection as language modelling (Pix2Seq, Chen et al. 2022), with the coordinate bins replaced by the
 encoder's own patches. Each object is written as three tokens,
 
-    [class] [patch holding the top-left corner] [patch holding the bottom-right corner]
+    [patch holding the top-left corner] [patch holding the bottom-right corner] [class]
 
-and an image is ``BOS, c1, tl1, br1, c2, tl2, br2, ..., EOS`` (``PAD`` after it). A small regression
+and an image is ``BOS, tl1, br1, c1, tl2, br2, c2, ..., EOS`` (``PAD`` after it); ``token_order
+"class_corners"`` writes the class first instead (``BOS, c1, tl1, br1, ...``). Corners first is
+Pix2Seq's order: the class is read off a box the decoder has already placed, and the class step
+gives a probability for every class of that box (``multi_label``). A small regression
 head adds each corner's position inside its patch (an offset in [0, 1] per axis), so boxes are not
 snapped to the 16-pixel grid.
 
@@ -18,19 +21,28 @@ Vocabulary (:class:`Vocabulary`), with ``K`` classes and ``G = image_size / patc
     K + G*G + 2               PAD
 
 The decoder reads ``BOS`` and the first ``3 * n`` tokens (input index ``t``) and predicts the token
-at ``t + 1``. Step ``t`` is of *kind* ``t % 3``: 0 predicts a class or EOS, 1 a top-left patch, 2 a
-bottom-right patch. The hidden state at a corner token's own input index (``3j + 2`` for object
-``j``'s top-left, ``3j + 3`` for its bottom-right) predicts that corner's offset: by then the decoder
-knows which patch it chose.
+at ``t + 1``, which is at *place* ``t % 3`` of object ``t // 3``: place 0 is an object's first token
+(or EOS). The hidden state at a corner token's own input index (``1 + 3j + place``) predicts that
+corner's offset: by then the decoder knows which patch it chose.
 
 The decoder scores class and special tokens with its (tied) token embeddings, and position tokens by
 pointing: a query from its state against each image token, since position token ``(r, c)`` is the
 encoder's token of patch ``(r, c)``.
 
-A grammar (:func:`grammar_mask`) says which tokens may come next: classes or EOS at kind 0 (only EOS
-after ``max_objects`` objects), patches inside the input's patch grid at kind 1, and at kind 2 patches
-at or below-right of the top-left patch (a box's corners are ordered). Invalid tokens are masked out
-of the loss and of decoding, so the model spends no capacity learning the syntax.
+A grammar (:func:`grammar_mask`) says which tokens may come next: an object's first token or EOS at
+place 0 (only EOS after ``max_objects`` objects), a class at the class's place, a top-left patch
+inside the input's patch grid, and after it a bottom-right patch at or below-right of it (a box's
+corners are ordered). Invalid tokens are masked out of the loss and of decoding, so the model spends
+no capacity learning the syntax.
+
+Scores: an object's *objectness* is ``1 - P(EOS)`` where its first token was chosen; its score for
+class ``c`` is objectness times ``P(c)`` given that an object follows, times (``score
+"class_corners"``) the geometric mean of its two corner tokens' probabilities. ``fill_slots`` never
+chooses EOS: all ``max_objects`` slots are decoded, and the objects the model would not have written
+rank low by their objectness (recall for AP at the tail of the ranking, nothing lost at its top).
+
+Training can add a dense loss on the image tokens (``patch_weight``, :func:`patch_targets`): which
+patches hold a corner or an object's centre, and its class.
 
 ``forward(images, targets)`` teacher-forces the target sequences (training); ``forward(images)``
 decodes autoregressively with a key/value cache (greedy, top-k or nucleus). Both in any mode: only
@@ -51,6 +63,7 @@ from torch import Tensor, nn
 from plaindet.models.base import DetectionConfig, DetectionModel
 from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, Attention, Mlp, Normalize, SelfAttention, attention, merge_heads
 from plaindet.models.registry import register_model
+from plaindet.ops.losses import loss_normalizer, sigmoid_focal_loss
 from plaindet.models.vit import ViT, ViTConfig, deit_config
 
 __all__ = [
@@ -63,6 +76,7 @@ __all__ = [
     "corner_tokens",
     "grammar_mask",
     "object_order",
+    "patch_targets",
 ]
 
 _DECODINGS = ("greedy", "topk", "nucleus")
@@ -95,17 +109,23 @@ class PatchTokConfig(DetectionConfig):
     ``image_size`` fixes the vocabulary's ``(image_size / patch_size) ** 2`` position tokens, so inputs
     may not be larger than it on either side (smaller and non-square are fine).
 
-    Sequences: ``max_objects`` per image (the largest ones when there are more), written in
-    ``object_order`` (``"raster"``: by top-left patch, row by row; ``"area"``: largest first), or in a
+    Sequences: ``max_objects`` per image (the largest ones when there are more), each as three tokens
+    in ``token_order`` (``"corners_class"``: top-left, bottom-right, class; ``"class_corners"``: class
+    first), objects in ``object_order`` (``"raster"``: by top-left patch, row by row; ``"area"``: largest first), or in a
     new random order for every sample in training when ``random_order`` is set.
 
     Decoding: ``decoding`` is ``"greedy"``, ``"topk"`` (sample among the ``top_k`` most likely tokens)
     or ``"nucleus"`` (sample from the smallest set holding probability ``top_p``); ``temperature``
-    divides the logits before sampling. Greedy decoding is deterministic.
+    divides the logits before sampling. Greedy decoding is deterministic. ``fill_slots``: never choose
+    EOS, decode all ``max_objects`` objects (ranked by objectness, see the module docstring).
+    ``score``: ``"class"`` (objectness times class probability) or ``"class_corners"`` (times the
+    corners' geometric mean too). ``multi_label``: every class of every decoded box is a detection
+    with its own score (else only the decoded class).
 
     Loss: ``eos_weight`` scales the cross-entropy of the EOS tokens (Pix2Seq uses 0.1: a model that
     stops late is cheap for AP, one that stops early loses recall); ``offset_weight`` scales the L1
-    loss of the sub-patch offsets.
+    loss of the sub-patch offsets; ``patch_weight`` (0: off) the dense focal loss on the image tokens
+    (:func:`patch_targets`).
     """
 
     name: str = "patchtok"
@@ -125,6 +145,7 @@ class PatchTokConfig(DetectionConfig):
     multi_label: bool = False
     eos_weight: float = 0.1
     offset_weight: float = 1.0
+    patch_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -265,6 +286,44 @@ def object_order(boxes: Tensor, tl: Tensor, rule: str, max_objects: int, shuffle
     if rule == "area":
         return keep
     raise ValueError(f"unknown object order {rule!r}; expected one of {_ORDERS}")
+
+
+def patch_targets(
+    tokens: Tensor, offset_targets: Tensor, vocab: Vocabulary, grid: tuple[int, int], tl_place: int, class_place: int
+) -> Tensor:
+    """Dense targets of the encoder's patches, read off the target sequences.
+
+    Args:
+        tokens: ``(B, T + 1)`` target sequences (BOS first, see ``PatchTokDetector.build_sequences``),
+            objects written as triples with the top-left corner at ``tl_place`` (bottom-right after
+            it) and the class at ``class_place``.
+        offset_targets: ``(B, T, 2)`` the corners' sub-patch offsets, at each corner's input index.
+        grid: ``(h, w)`` the input's patch grid.
+
+    Returns:
+        ``(B, h * w, 2 + K)`` float, patches row by row: 1 in channel 0 where a patch holds an
+        object's top-left corner, in channel 1 its bottom-right corner, and in channel ``2 + c`` the
+        patch holding the centre of an object of class ``c``; 0 elsewhere.
+    """
+    h, w = grid
+    B, K = tokens.shape[0], vocab.num_classes
+    n = (tokens.shape[1] - 1) // 3
+    triples = tokens[:, 1 : 1 + 3 * n].reshape(B, n, 3)
+    tl, br, cls = triples[..., tl_place], triples[..., tl_place + 1], triples[..., class_place]
+    real = (tl >= K) & (tl < vocab.eos)  # slots after EOS hold EOS or PAD
+    at = 1 + 3 * torch.arange(n, device=tokens.device) + tl_place  # (n,) input index of each top-left corner
+    (r1, c1), (r2, c2) = vocab.row_col(tl), vocab.row_col(br)
+    corner_offsets = torch.cat([offset_targets[:, at], offset_targets[:, at + 1]], dim=-1)  # (B, n, 4)
+    cx = (c1 + corner_offsets[..., 0] + c2 + corner_offsets[..., 2]) / 2
+    cy = (r1 + corner_offsets[..., 1] + r2 + corner_offsets[..., 3]) / 2
+    centre = cy.floor().long().clamp(0, h - 1) * w + cx.floor().long().clamp(0, w - 1)
+    image = torch.arange(B, device=tokens.device)[:, None].expand(B, n)[real]
+    target = torch.zeros(B, h * w, 2 + K, device=tokens.device)
+    ones = torch.ones(len(image), device=tokens.device)
+    target.index_put_((image, (r1 * w + c1)[real], torch.zeros_like(image)), ones)
+    target.index_put_((image, (r2 * w + c2)[real], torch.ones_like(image)), ones)
+    target.index_put_((image, centre[real], 2 + cls[real]), ones)
+    return target
 
 
 def grammar_mask(
@@ -410,6 +469,10 @@ class PatchTokDetector(DetectionModel):
         # Offsets from the decoder state and the image feature of the chosen patch: where in the patch
         # an edge lies is local evidence.
         self.offset_head = nn.Sequential(nn.Linear(2 * dec.width, dec.width), nn.GELU(), nn.Linear(dec.width, 2))
+        # Training only: a dense loss on the image tokens (corners and centres of the objects, see
+        # patch_targets) gives the encoder a signal at every patch, where the sequence loss reaches
+        # it only through the decoder's few pointers per image.
+        self.patch_head = nn.Linear(dec.width, 2 + config.num_classes) if config.patch_weight > 0 else None
         self._reset_decoder()
         self.set_backbone_trainable(config.backbone_trainable)
 
@@ -422,6 +485,8 @@ class PatchTokDetector(DetectionModel):
             if isinstance(m, nn.Linear) and not name.startswith("backbone."):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+        if self.patch_head is not None:  # the focal loss's prior: about 1 patch in 100 is positive
+            nn.init.constant_(self.patch_head.bias, -4.6)
 
     @property
     def size_divisor(self) -> int:
@@ -550,7 +615,13 @@ class PatchTokDetector(DetectionModel):
         inputs = tokens[:, :-1]
         hidden, _ = self._decode(inputs, 0, memory_kv)
         steps = torch.arange(inputs.shape[1], device=inputs.device)
-        return {
+        dense = {}
+        if self.patch_head is not None:
+            dense = {
+                "patch_logits": self.patch_head(memory),
+                "patch_targets": patch_targets(tokens, offset_targets, self.vocab, grid, self.tl_place, self.class_place),
+            }
+        return dense | {
             "logits": self._logits(hidden, memory, grid),
             "allowed": grammar_mask(inputs, steps, self.vocab, grid, self.config.max_objects, self.class_first),
             "tokens": tokens,
@@ -680,7 +751,7 @@ class PatchTokDetector(DetectionModel):
         return boxes, scores, labels
 
     def criterion(self) -> nn.Module:
-        return PatchTokCriterion(self.vocab, self.config.eos_weight, self.config.offset_weight)
+        return PatchTokCriterion(self.vocab, self.config.eos_weight, self.config.offset_weight, self.config.patch_weight)
 
 
 class PatchTokCriterion(nn.Module):
@@ -692,11 +763,12 @@ class PatchTokCriterion(nn.Module):
     error over the real corners' ``x, y`` offsets, in patch units).
     """
 
-    def __init__(self, vocab: Vocabulary, eos_weight: float = 0.1, offset_weight: float = 1.0) -> None:
+    def __init__(self, vocab: Vocabulary, eos_weight: float = 0.1, offset_weight: float = 1.0, patch_weight: float = 0.0) -> None:
         super().__init__()
         self.vocab = vocab
         self.eos_weight = eos_weight
         self.offset_weight = offset_weight
+        self.patch_weight = patch_weight
 
     def forward(self, outputs: dict[str, Tensor], targets: list[dict] | None = None) -> dict[str, Tensor]:
         target = outputs["tokens"][:, 1:]
@@ -711,4 +783,11 @@ class PatchTokCriterion(nn.Module):
         mask = outputs["offset_mask"]
         error = (outputs["offsets"].float() - outputs["offset_targets"]).abs() * mask[..., None]
         loss_offset = error.sum() / (2 * mask.sum()).clamp(min=1)
-        return {"loss": loss_ce + self.offset_weight * loss_offset, "loss_ce": loss_ce, "loss_offset": loss_offset}
+        losses = {"loss": loss_ce + self.offset_weight * loss_offset, "loss_ce": loss_ce, "loss_offset": loss_offset}
+        if self.patch_weight > 0:
+            patch = outputs["patch_targets"]
+            # Per object, as the focal loss of dense detectors is: its three positives' share.
+            loss_patch = sigmoid_focal_loss(outputs["patch_logits"], patch) / loss_normalizer(patch[..., 0].sum().item(), patch.device)
+            losses["loss_patch"] = loss_patch
+            losses["loss"] = losses["loss"] + self.patch_weight * loss_patch
+        return losses
