@@ -443,7 +443,7 @@ def test_decoding_modes_give_valid_sequences(decoding):
                 n = check_grammar(seq, model.vocab, (3, 5), 5, model.class_first)
                 objects += n
                 kept = s > 0
-                assert kept.sum() <= n and ((lab >= 0) & (lab < 3)).all()
+                assert kept.sum() <= 3 * n and ((lab >= 0) & (lab < 3)).all()  # multi_label: each class of each box
                 assert (b[kept, 2] > b[kept, 0]).all() and (b[kept, 3] > b[kept, 1]).all()
                 assert (b[:, 0::2] >= 0).all() and (b[:, 0::2] <= 80).all() and (b[:, 1::2] <= 48).all()
                 assert (b[~kept] == 0).all()
@@ -499,7 +499,8 @@ def test_overfits_one_image(overfit):
     image, _ = scene()
     with torch.no_grad():
         boxes, scores, labels = model.postprocess(model(image), max_detections=5)
-    assert (scores[0, :3] > 0.5).all() and (scores[0, 3:] == 0).all()
+    # multi_label: the other classes of the three boxes follow, with what is left of their class probability.
+    assert (scores[0, :3] > 0.5).all() and (scores[0, 3:] < 0.05).all()
     found = sorted(zip(labels[0, :3].tolist(), boxes[0, :3].tolist()))
     assert [k for k, _ in found] == [0, 1, 2]
     # The sub-patch offsets put the corners within 1.5 px; snapped to the 16 px grid they could be 8 off.
