@@ -49,7 +49,7 @@ def random_targets(g: torch.Generator, counts: list[int], h: int, w: int, num_cl
     return targets
 
 
-def check_grammar(tokens: torch.Tensor, vocab: Vocabulary, grid: tuple[int, int], max_objects: int) -> int:
+def check_grammar(tokens: torch.Tensor, vocab: Vocabulary, grid: tuple[int, int], max_objects: int, class_first: bool) -> int:
     """Assert one decoded sequence ``(L,)`` is well formed; returns its number of objects.
 
     Written from the sequence definition, independently of :func:`grammar_mask`.
@@ -60,7 +60,8 @@ def check_grammar(tokens: torch.Tensor, vocab: Vocabulary, grid: tuple[int, int]
     body, rest = seq[1:end], seq[end + 1 :]
     assert all(t == vocab.pad for t in rest)
     assert len(body) % 3 == 0 and len(body) // 3 <= max_objects
-    for cls, tl, br in zip(body[0::3], body[1::3], body[2::3]):
+    triples = zip(body[0::3], body[1::3], body[2::3]) if class_first else zip(body[2::3], body[0::3], body[1::3])
+    for cls, tl, br in triples:
         assert 0 <= cls < vocab.num_classes
         (r1, c1), (r2, c2) = [divmod(t - vocab.num_classes, vocab.grid) for t in (tl, br)]
         assert 0 <= r1 <= r2 < grid[0] and 0 <= c1 <= c2 < grid[1]
@@ -103,11 +104,28 @@ def test_corner_tokens_round_trip_within_offset_precision():
         assert error <= 16 / (2 * levels) + 1e-4
 
 
-def test_grammar_mask_by_hand():
+def test_grammar_mask_by_hand_corners_first():
+    vocab = Vocabulary(num_classes=2, grid=3)  # classes 0-1, positions 2-10, EOS 11, BOS 12, PAD 13
+    tl = 2 + 1 * 3 + 1  # patch (1, 1)
+    inputs = torch.tensor([[vocab.bos, 2, 3, 0, tl, 7, 1]])
+    mask = grammar_mask(inputs, torch.arange(7), vocab, grid=(2, 3), max_objects=2)
+    allowed = [set(torch.nonzero(row).flatten().tolist()) for row in mask[0]]
+    in_grid = {2, 3, 4, 5, 6, 7}  # rows 0-1 of a 3-wide vocabulary grid
+    assert allowed[0] == in_grid | {11}  # a top-left patch inside the 2x3 input grid, or EOS
+    assert allowed[1] == in_grid  # bottom-right after top-left (0, 0): anywhere
+    assert allowed[2] == {0, 1}  # the class
+    assert allowed[3] == in_grid | {11}
+    assert allowed[4] == {6, 7}  # at or right of / below (1, 1), inside the grid
+    assert allowed[5] == {0, 1}
+    assert allowed[6] == {11}  # two objects written: only EOS
+    assert not mask[..., [vocab.bos, vocab.pad]].any()
+
+
+def test_grammar_mask_by_hand_class_first():
     vocab = Vocabulary(num_classes=2, grid=3)  # classes 0-1, positions 2-10, EOS 11, BOS 12, PAD 13
     tl = 2 + 1 * 3 + 1  # patch (1, 1)
     inputs = torch.tensor([[vocab.bos, 0, 2, 3, 1, tl, 4]])
-    mask = grammar_mask(inputs, torch.arange(7), vocab, grid=(2, 3), max_objects=2)
+    mask = grammar_mask(inputs, torch.arange(7), vocab, grid=(2, 3), max_objects=2, class_first=True)
     allowed = [set(torch.nonzero(row).flatten().tolist()) for row in mask[0]]
     in_grid = {2, 3, 4, 5, 6, 7}  # rows 0-1 of a 3-wide vocabulary grid
     assert allowed[0] == {0, 1, 11}  # a class or EOS
@@ -132,8 +150,9 @@ def test_object_order_rules_and_max_objects():
     assert len(shuffled) > 1 and all(sorted(s) == [0, 1, 2, 3, 4] for s in shuffled)
 
 
-def test_build_sequences_layout():
-    model = tiny_model(max_objects=2)
+@pytest.mark.parametrize("token_order", ["corners_class", "class_corners"])
+def test_build_sequences_layout(token_order):
+    model = tiny_model(max_objects=2, token_order=token_order)
     vocab = model.vocab
     targets = [
         {"boxes": torch.tensor([[0.0, 0, 20, 20], [40, 40, 90, 90], [60, 0, 70, 8]]), "labels": torch.tensor([2, 1, 0])},
@@ -144,18 +163,42 @@ def test_build_sequences_layout():
     tokens, offset_targets, offset_mask = model.build_sequences(targets, (64, 80), shuffle=False)
     tl, br, off = corner_tokens(torch.tensor([[0.0, 0, 20, 20], [40, 40, 80, 64], [70, 50, 80, 64]]), vocab, 16)
     pad, eos, bos = vocab.pad, vocab.eos, vocab.bos
+    first = token_order == "class_corners"
+    triple = lambda c, i: [c, tl[i], br[i]] if first else [tl[i], br[i], c]
     # Image 0: the two largest of three objects, raster order; image 1: nothing; image 2: one object.
     assert tokens.tolist() == [
-        [bos, 2, tl[0], br[0], 1, tl[1], br[1], eos],
+        [bos, *triple(2, 0), *triple(1, 1), eos],
         [bos, eos, pad, pad, pad, pad, pad, pad],
-        [bos, 1, tl[2], br[2], eos, pad, pad, pad],
+        [bos, *triple(1, 2), eos, pad, pad, pad],
     ]
-    corners = [[False, False, True, True, False, True, True], [False] * 7, [False, False, True, True] + [False] * 3]
+    # A corner's offset is predicted where the corner is read: input 1 + 3j + its place in the triple.
+    at = [2, 3, 5, 6] if first else [1, 2, 4, 5]
+    corners = [[i in at for i in range(7)], [False] * 7, [i in at[:2] for i in range(7)]]
     assert offset_mask.tolist() == corners
-    assert torch.allclose(offset_targets[0, [2, 3, 5, 6]], off[:2].reshape(4, 2))
-    assert torch.allclose(offset_targets[2, [2, 3]], off[2].reshape(2, 2))
+    assert torch.allclose(offset_targets[0, at], off[:2].reshape(4, 2))
+    assert torch.allclose(offset_targets[2, at[:2]], off[2].reshape(2, 2))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
         model.build_sequences([{"boxes": torch.tensor([[0.0, 0, 9, 9]]), "labels": torch.tensor([3])}], (64, 64), False)
+
+
+@pytest.mark.parametrize("token_order", ["corners_class", "class_corners"])
+def test_patch_targets_mark_corners_and_centres(token_order):
+    model = tiny_model(token_order=token_order, patch_weight=1.0)
+    targets = [
+        # A big box: corners in patches (0, 0) and (3, 3), centre (26.5, 32) in patch (2, 1); a small
+        # one whose top-left shares patch (0, 0): bottom-right (1, 1), centre (15, 20) in (1, 0).
+        {"boxes": torch.tensor([[3.0, 4, 50, 60], [10, 10, 20, 30]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 96, dtype=torch.uint8), targets)
+    w = 6  # the 64 x 96 input's grid is 4 x 6
+    expected = {(0, 0), (3 * w + 3, 1), (2 * w + 1, 2 + 1), (1 * w + 1, 1), (1 * w + 0, 2 + 2)}
+    assert set(map(tuple, out["patch_targets"][0].nonzero().tolist())) == expected
+    assert out["patch_targets"].shape == (2, 24, 5) and not out["patch_targets"][1].any()
+    assert out["patch_logits"].shape == (2, 24, 5)
+    losses = model.criterion()(out, targets)
+    assert torch.isfinite(losses["loss_patch"]) and losses["loss"] > losses["loss_ce"] + losses["loss_offset"]
 
 
 def test_teacher_forced_targets_are_always_allowed_by_the_grammar():
@@ -176,9 +219,10 @@ def test_random_order_changes_order_not_content():
     fixed = model.build_sequences(targets, (96, 96), shuffle=False)
 
     def objects(tokens, offset_targets) -> list[tuple]:
-        """(class, tl, br, tl offset, br offset) per object, in sequence order."""
+        """(the three tokens, tl offset, br offset) per object, in sequence order."""
         seq, off = tokens[0].tolist(), offset_targets[0].tolist()
-        return [tuple(seq[3 * j + 1 : 3 * j + 4]) + tuple(off[3 * j + 2] + off[3 * j + 3]) for j in range(6)]
+        tl = [1 + 3 * j + model.tl_place for j in range(6)]  # input index of each top-left corner
+        return [tuple(seq[3 * j + 1 : 3 * j + 4]) + tuple(off[i] + off[i + 1]) for j, i in enumerate(tl)]
 
     reference = objects(fixed[0], fixed[1])
     image = torch.zeros(1, 3, 96, 96, dtype=torch.uint8)
@@ -237,7 +281,7 @@ def test_forward_train_and_eval_finite(variant):
     assert torch.isfinite(boxes).all() and ((scores >= 0) & (scores <= 1)).all()
     assert (scores[:, :-1] >= scores[:, 1:]).all()
     for seq in out["tokens"]:
-        check_grammar(seq, model.vocab, (4, 6), 30)
+        check_grammar(seq, model.vocab, (4, 6), 30, model.class_first)
 
 
 def test_every_parameter_gets_a_gradient(variant):
@@ -308,33 +352,77 @@ def test_backbone_weights_load_from_a_deit_file(tmp_path):
 # Decoding
 
 
-def test_cached_decoding_equals_a_full_causal_pass():
+@pytest.mark.parametrize("token_order", ["corners_class", "class_corners"])
+def test_cached_decoding_equals_a_full_causal_pass(token_order):
     # The key/value cache must give what recomputing the whole prefix would: re-reading the greedy
     # sequence with one causal pass reproduces every choice, every offset and every score.
-    model = tiny_model(max_objects=4).eval()
+    model = tiny_model(max_objects=4, token_order=token_order).eval()
+    vocab, K = model.vocab, 3
     with torch.no_grad():
         # Keep EOS away so that all four objects are decoded: its logit gets 4 * -100 / sqrt(64) = -50.
         model.norm.bias[0] = 4.0
-        model.token_embed.weight[model.vocab.eos, 0] = -100.0
+        model.token_embed.weight[vocab.eos, 0] = -100.0
         image = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
         out = model(image)
         tokens = out["tokens"]
-        assert (tokens[:, 1:13] < model.vocab.eos).all(), "expected four objects to check"
+        assert (tokens[:, 1:13] < vocab.eos).all(), "expected four objects to check"
         memory, grid = model.encode(image)
         hidden, _ = model._decode(tokens[:, :13], 0, [layer.cross_attn.keys_values(memory, memory) for layer in model.layers])
-        allowed = grammar_mask(tokens[:, :13], torch.arange(13), model.vocab, grid, 4)
+        allowed = grammar_mask(tokens[:, :13], torch.arange(13), vocab, grid, 4, model.class_first)
         logits = model._logits(hidden, memory, grid).masked_fill(~allowed, float("-inf"))
         assert torch.equal(logits.argmax(-1), tokens[:, 1:14])
-        probs = logits.softmax(-1).gather(2, tokens[:, 1:14, None])[..., 0]
+        # Probabilities given an object (EOS left out), and 1 - P(EOS) at each object's first token.
+        probs = logits[..., : vocab.eos].softmax(-1)
+        objectness = 1 - logits.softmax(-1)[:, 0:12:3, vocab.eos]
         offsets = model._offsets(hidden, memory, tokens[:, :13], grid)
-    tl, br = tokens[:, 2:13:3], tokens[:, 3:13:3]
-    corner_offsets = torch.cat([offsets[:, 2:13:3], offsets[:, 3:13:3]], dim=-1)
-    boxes = boxes_from_corners(tl, br, corner_offsets, model.vocab, 16)
+    c, t = model.class_place, model.tl_place
+    tl, br = tokens[:, 1 + t : 13 : 3], tokens[:, 2 + t : 13 : 3]
+    corner_offsets = torch.cat([offsets[:, 1 + t : 13 : 3], offsets[:, 2 + t : 13 : 3]], dim=-1)
+    boxes = boxes_from_corners(tl, br, corner_offsets, vocab, 16)
     boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([96.0, 64, 96, 64]))
     valid = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-    scores = probs[:, 0:12:3] * (probs[:, 1:12:3] * probs[:, 2:12:3]).sqrt() * valid
+    p_tl = probs[:, t:12:3].gather(2, tl[..., None])[..., 0]
+    p_br = probs[:, t + 1 : 12 : 3].gather(2, br[..., None])[..., 0]
+    class_scores = probs[:, c:12:3, :K] * (objectness * (p_tl * p_br).sqrt() * valid)[..., None]
     assert torch.allclose(out["boxes"], boxes * valid[..., None], atol=1e-4)
-    assert torch.allclose(out["scores"], scores, atol=1e-5)
+    assert torch.allclose(out["class_scores"], class_scores, atol=1e-5)
+    labels = tokens[:, 1 + c : 13 : 3]
+    assert torch.equal(out["labels"], labels * valid)
+    assert torch.allclose(out["scores"], class_scores.gather(2, labels[..., None])[..., 0], atol=1e-5)
+
+
+def test_fill_slots_extends_the_greedy_sequence_with_lower_ranked_objects():
+    # Never choosing EOS changes nothing before the step where the model would have stopped; the
+    # objects after it are scored with the EOS probability they overrode, so they rank lower.
+    model = tiny_model(max_objects=5).eval()
+    image = torch.randint(0, 256, (3, 3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        model.token_embed.weight[model.vocab.eos, 0] = 30.0  # make EOS likely, so the greedy sequences are short
+        model.norm.bias[0] = 1.0
+        plain = model(image)
+        model.config.fill_slots = True
+        filled = model(image)
+    eos = model.vocab.eos
+    for p_seq, f_seq in zip(plain["tokens"], filled["tokens"]):
+        n = check_grammar(p_seq, model.vocab, (4, 6), 5, model.class_first)
+        assert check_grammar(f_seq, model.vocab, (4, 6), 5, model.class_first) == 5
+        assert torch.equal(p_seq[: 1 + 3 * n], f_seq[: 1 + 3 * n]) and p_seq[1 + 3 * n] == eos
+    assert (plain["tokens"][:, 1] == eos).any(), "expected a sequence that the plain decoding ends at once"
+    assert torch.allclose(filled["class_scores"] * (plain["scores"] > 0)[..., None], plain["class_scores"], atol=1e-6)
+
+
+def test_multi_label_postprocess_ranks_every_class_of_every_box():
+    model = tiny_model(max_objects=4, multi_label=True).eval()
+    class_scores = torch.tensor([[[0.1, 0.6, 0.3], [0.0, 0.0, 0.0], [0.5, 0.2, 0.05], [0.0, 0.0, 0.0]]])
+    boxes = torch.arange(16.0).reshape(1, 4, 4)
+    outputs = {"boxes": boxes, "class_scores": class_scores, "scores": class_scores.amax(-1), "labels": class_scores.argmax(-1)}
+    b, s, lab = model.postprocess(outputs, max_detections=5)
+    assert s[0].tolist() == pytest.approx([0.6, 0.5, 0.3, 0.2, 0.1])
+    assert lab[0].tolist() == [1, 0, 2, 1, 0]
+    assert torch.equal(b[0], boxes[0, [0, 2, 0, 2, 0]])
+    model.config.multi_label = False  # one detection per box: the decoded label's score
+    b, s, lab = model.postprocess(outputs, max_detections=5)
+    assert s[0, :2].tolist() == pytest.approx([0.6, 0.5]) and lab[0, :2].tolist() == [1, 0] and (s[0, 2:] == 0).all()
 
 
 @pytest.mark.parametrize("decoding", ["greedy", "topk", "nucleus"])
@@ -352,10 +440,10 @@ def test_decoding_modes_give_valid_sequences(decoding):
             boxes, scores, labels = model.postprocess(out, max_detections=8)
             assert boxes.shape == (3, 8, 4) and scores.shape == (3, 8)
             for seq, b, s, lab in zip(out["tokens"], boxes, scores, labels):
-                n = check_grammar(seq, model.vocab, (3, 5), 5)
+                n = check_grammar(seq, model.vocab, (3, 5), 5, model.class_first)
                 objects += n
                 kept = s > 0
-                assert kept.sum() <= n and ((lab >= 0) & (lab < 3)).all()
+                assert kept.sum() <= 3 * n and ((lab >= 0) & (lab < 3)).all()  # multi_label: each class of each box
                 assert (b[kept, 2] > b[kept, 0]).all() and (b[kept, 3] > b[kept, 1]).all()
                 assert (b[:, 0::2] >= 0).all() and (b[:, 0::2] <= 80).all() and (b[:, 1::2] <= 48).all()
                 assert (b[~kept] == 0).all()
@@ -411,7 +499,8 @@ def test_overfits_one_image(overfit):
     image, _ = scene()
     with torch.no_grad():
         boxes, scores, labels = model.postprocess(model(image), max_detections=5)
-    assert (scores[0, :3] > 0.5).all() and (scores[0, 3:] == 0).all()
+    # multi_label: the other classes of the three boxes follow, with what is left of their class probability.
+    assert (scores[0, :3] > 0.5).all() and (scores[0, 3:] < 0.05).all()
     found = sorted(zip(labels[0, :3].tolist(), boxes[0, :3].tolist()))
     assert [k for k, _ in found] == [0, 1, 2]
     # The sub-patch offsets put the corners within 1.5 px; snapped to the 16 px grid they could be 8 off.
