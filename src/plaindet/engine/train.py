@@ -49,11 +49,12 @@ def load_splits(cfg: TrainConfig):
     """The train and validation :class:`DetectionDataset` named by ``cfg.data``."""
     from plaindet.data import load_dataset
 
-    data: str | Path = cfg.data
-    if cfg.data == "shapes":
-        from plaindet.data.shapes import builtin_shapes
+    from plaindet.data.shapes import builtin_shapes, parse_builtin
 
-        data = builtin_shapes(train=cfg.shapes_train, val=cfg.shapes_val, test=cfg.shapes_test, seed=cfg.seed, folder=cfg.shapes_dir or None)
+    data: str | Path = cfg.data
+    shapes = parse_builtin(cfg.data)  # "shapes" or "shapes:classes=..."
+    if shapes is not None:
+        data = builtin_shapes(train=cfg.shapes_train, val=cfg.shapes_val, test=cfg.shapes_test, seed=cfg.seed, folder=cfg.shapes_dir or None, **shapes)
     train, val = load_dataset(data, split=cfg.train_split), load_dataset(data, split=cfg.val_split)
     if cfg.max_train_images:
         train.samples = train.samples[: cfg.max_train_images]

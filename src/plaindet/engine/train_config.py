@@ -17,7 +17,8 @@ class TrainConfig:
     YAML configs and :func:`train` take the same fields.
 
     ``data`` is a dataset path in any supported format, or ``"shapes"`` for the built-in synthetic
-    set (``shapes_train``, ``shapes_val`` and ``shapes_test`` images, written under ``shapes_dir``).
+    set (``shapes_train``, ``shapes_val`` and ``shapes_test`` images, written under ``shapes_dir``);
+    ``"shapes:classes=star,cross,ring"`` picks its classes (see :data:`plaindet.data.shapes.SHAPE_KINDS`).
 
     ``batch_size`` is the global batch of one optimizer step before accumulation: with ``torchrun``
     each of the ``N`` processes loads ``batch_size / N`` images, so the run matches a one-process run.
@@ -48,7 +49,7 @@ class TrainConfig:
     """
 
     model: str = setting("plaindet-t", help="A registered model (see `plaindet models`).")
-    data: str = setting("shapes", help="Dataset (COCO, YOLO or VOC), or 'shapes' for the built-in synthetic set.")
+    data: str = setting("shapes", help="Dataset (COCO, YOLO or VOC), or 'shapes' for the built-in synthetic set ('shapes:classes=star,cross,ring' picks its classes).")
     out: str = setting("runs/train", help="Run folder for config.yaml, checkpoints, logs and plots.")
     train_split: str = setting("train", help="The split to train on.")
     val_split: str = setting("val", help="The split to evaluate on (and choose the best checkpoint by).")
