@@ -82,11 +82,17 @@ def test_group_exports_as_one_graph_with_one_backbone(detectors, tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from plaindet.export.onnx import export_group_onnx, group_output_names
+    from typer.testing import CliRunner
+
+    from plaindet.cli import app
+    from plaindet.export.onnx import group_output_names
 
     paths, _ = detectors
     group = plaindet.load_group(paths[:2])
-    path = export_group_onnx(group, tmp_path / "group.onnx")
+    path = tmp_path / "group.onnx"
+    result = CliRunner().invoke(app, ["export", "--weights", str(paths[0]), "--weights", str(paths[1]), "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "2 detectors on one backbone" in result.output
     proto = onnx.load(path)
     # One backbone: the patch embedding appears once among the initializers.
     patch = [i for i in proto.graph.initializer if tuple(i.dims) == (192, 3, 16, 16)]

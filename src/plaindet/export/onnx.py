@@ -344,3 +344,28 @@ def run_export(
         + (f" ({quantize} changes the numbers by design: measure its AP with plaindet eval --weights {out})" if quantize else ""),
     ]
     return out, lines
+
+
+def run_export_group(weights: list[str | os.PathLike], out: str | os.PathLike, *, image_size: int | None = None, opset: int | None = None) -> tuple[Path, list[str]]:
+    """``plaindet export --weights A --weights B ...``: detectors finetuned from one frozen backbone
+    (:func:`plaindet.load_group`) to one ONNX graph with one backbone (:func:`export_group_onnx`),
+    compared with the PyTorch group on a random image on the way out. Returns the file and the lines
+    to tell the user."""
+    from plaindet.models.group import load_group
+
+    ort = require_extra("onnxruntime", "onnx", "ONNX export and inference")
+    group = load_group(weights)
+    out = export_group_onnx(group, out, image_size=image_size, opset=opset)
+    sizes = {m.config.image_size for m in group.members}
+    side = export_input_size(image_size or max(sizes), group.size_divisor)
+    images = torch.randint(0, 256, (1, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    names = group_output_names(len(group.members))
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(names, {INPUT_NAME: images.numpy()})
+    with torch.no_grad():
+        ref = [t.numpy() for o in group(images) for t in o]
+    worst = max(float(abs(a - b).max()) for n, a, b in zip(names, got, ref) if n.startswith("scores"))
+    return out, [
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): {len(group.members)} detectors on one backbone, input images uint8 (1, 3, {side}, {side}), "
+        f"outputs {', '.join(names)}",
+        f"graph vs PyTorch on a random image: max abs diff of the scores {worst:.2e}",
+    ]
