@@ -251,3 +251,26 @@ def test_resume_from_checkpoints_without_the_backbone_is_exact(tmp_path, tiny_sh
     keys = [k for k in a if not k.startswith("rng.")]
     assert keys == [k for k in b if not k.startswith("rng.")]
     assert [k for k in keys if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.parametrize("lora_targets", ["", "neck", "backbone", "both"], ids=["neck-and-head", "lora-neck", "lora-backbone", "lora-both"])
+def test_training_leaves_every_frozen_parameter_unchanged(tmp_path, tiny_shapes, backbone_file, monkeypatch, lora_targets):
+    runs = []
+    original = train_mod._Run.__init__
+
+    def spy(self, cfg, datasets, world):
+        original(self, cfg, datasets, world)
+        params = dict(self.model.named_parameters())
+        runs.append((self, {n: p.detach().clone() for n, p in params.items() if not p.requires_grad}, {n: p.detach().clone() for n, p in params.items() if p.requires_grad}))
+
+    monkeypatch.setattr(train_mod._Run, "__init__", spy)
+    lora = dict(lora_rank=4, lora_targets=lora_targets) if lora_targets else {}
+    train(_cfg(tiny_shapes, tmp_path / "run", max_steps=3, eval_every=0, warmup_steps=1, backbone_weights=str(backbone_file), **lora))
+    run, frozen, trainable = runs[0]
+    after = dict(run.model.named_parameters())
+    assert any(n.startswith("backbone.") for n in frozen)
+    assert [n for n, v in frozen.items() if not torch.equal(after[n], v)] == []
+    changed = [n for n, v in trainable.items() if not torch.equal(after[n], v)]
+    assert any(n.startswith("head.") for n in changed)
+    if lora_targets:
+        assert any(".lora_B." in n for n in changed)  # the adapters train (B starts at zero)
