@@ -18,7 +18,7 @@ from plaindet.engine.backbone_store import BACKBONE_FILE
 from plaindet.engine.train import train
 from plaindet.engine.train_config import TrainConfig
 from plaindet.engine.warm_start import class_dependent_keys, init_from_checkpoint
-from plaindet.errors import CheckpointError, ConfigError, TrainingInterrupted, WeightsError
+from plaindet.errors import CheckpointError, TrainingInterrupted, WeightsError
 from plaindet.models.factory import list_models, model_config
 from plaindet.weights import read_safetensors
 
@@ -149,8 +149,30 @@ def test_train_with_init_reports_what_it_took(tmp_path, tiny_shapes):
     assert report["source"] == str(src_path) and not report["same_classes"]
     assert len(report["reinitialized"]) == 4 and len(report["taken"]) > 50
 
-    with pytest.raises(ConfigError, match="init or backbone_weights, not both"):
-        TrainConfig(init=str(src_path), backbone_weights=str(src_path))
+
+
+def test_init_with_backbone_weights_takes_the_rest_from_the_detector(tmp_path, tiny_shapes, backbone_file, monkeypatch):
+    src_path = tmp_path / "src.safetensors"
+    _tiny(seed=1, class_names=["circle", "square", "triangle"]).save(src_path)  # a trainable backbone, other weights
+    out = tmp_path / "run"
+    runs = []
+    original = train_mod._Run.__init__
+
+    def spy(self, cfg, datasets, world):
+        original(self, cfg, datasets, world)
+        runs.append({k: v.clone() for k, v in self.model.state_dict().items()})
+
+    monkeypatch.setattr(train_mod._Run, "__init__", spy)
+    train(_cfg(tiny_shapes, out, init=str(src_path), backbone_weights=str(backbone_file), lora_rank=2, lora_targets="neck", max_steps=1, eval_every=0))
+    start, source, pretrained = runs[0], plaindet.load(src_path).state_dict(), plaindet.load(backbone_file).state_dict()
+    report = json.loads((out / "init.json").read_text())
+    assert report["kept"] and all(k.startswith("backbone.") for k in report["kept"])
+    for k, v in start.items():
+        plain = k.replace(".base_layer.", ".")
+        if k.startswith("backbone."):
+            assert torch.equal(v, pretrained[plain]), k  # the backbone_weights, not the detector's
+        elif ".lora_" not in k:
+            assert torch.equal(v, source[plain]), k  # neck and head from the detector (same classes)
 
 
 def test_init_from_a_frozen_backbone_detector_keeps_it_frozen_and_stores_it_once(tmp_path, tiny_shapes, backbone_file):

@@ -319,7 +319,7 @@ class _Run:
         resume this only rebuilds the model as the run began; the checkpoint then replaces its weights."""
         from plaindet.engine.warm_start import init_from_checkpoint
 
-        report = init_from_checkpoint(self.model, path)
+        report = init_from_checkpoint(self.model, path, keep_backbone=self.cfg.backbone_weights is not None)
         if self.world.is_main:
             log.info("%s%s", report.summary(), " (resuming: the checkpoint's weights replace these)" if resuming else "")
         return report

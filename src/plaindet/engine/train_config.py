@@ -48,7 +48,8 @@ class TrainConfig:
     what was not. It is not ``--resume``: the run starts at step 0 with a new optimizer. A resumed
     run keeps its checkpoint's ``init`` (and only rebuilds the model with it before the checkpoint's
     weights replace everything), so ``--init`` with ``--resume`` never changes the continued run.
-    ``init`` takes the backbone too, so it can't be given with ``backbone_weights``.
+    With ``backbone_weights`` too, the backbone is that one (frozen) and ``init`` gives the rest: a
+    trained neck to adapt with LoRA on a pretrained backbone, say.
 
     ``backbone_store``: with a frozen backbone, ``"once"`` writes it to ``OUT/backbone.safetensors``
     and the checkpoints hold only what trains; ``"reference"`` copies nothing and records
@@ -118,8 +119,6 @@ class TrainConfig:
             raise ConfigError(f"lora_targets must be neck, backbone or both, got {self.lora_targets!r}")
         if self.backbone_store not in ("once", "reference", "every"):
             raise ConfigError(f"backbone_store must be once, reference or every, got {self.backbone_store!r}")
-        if self.init and self.backbone_weights:
-            raise ConfigError("give init or backbone_weights, not both: init takes the backbone from its checkpoint too")
         if self.schedule not in ("cosine", "step"):
             raise ConfigError(f"schedule must be cosine or step, got {self.schedule!r}")
         if self.accumulate < 1 or self.batch_size < 1 or self.epochs < 1:

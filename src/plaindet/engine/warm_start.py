@@ -43,7 +43,7 @@ class InitReport:
     initialization because the classes differ. ``shape_mismatch``: same name, another shape
     (``"name (source shape) vs (model shape)"``), left as initialized. ``not_in_source``: the model's
     keys the source lacks (LoRA adapters, a part the source has not). ``unused``: source keys the
-    model lacks.
+    model lacks. ``kept``: the model's own backbone, left as built (``keep_backbone``).
     """
 
     source: str
@@ -53,6 +53,7 @@ class InitReport:
     shape_mismatch: list[str] = field(default_factory=list)
     not_in_source: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
     backbone_frozen: bool = False
 
     def summary(self) -> str:
@@ -67,6 +68,8 @@ class InitReport:
             parts.append(f"not in the source (left as initialized): {listing(self.not_in_source)}")
         if self.unused:
             parts.append(f"in the source but not in this model: {listing(self.unused)}")
+        if self.kept:
+            parts.append(f"kept the model's own backbone ({len(self.kept)} tensors)")
         if self.backbone_frozen:
             parts.append("backbone frozen, as in the source")
         return "; ".join(parts)
@@ -90,10 +93,12 @@ def class_dependent_keys(config) -> set[str]:
     return {k for k, v in a.items() if k not in b or b[k].shape != v.shape}
 
 
-def init_from_checkpoint(model: nn.Module, path: str | os.PathLike) -> InitReport:
+def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, keep_backbone: bool = False) -> InitReport:
     """Copy into ``model``, in place, the weights of the detector saved at ``path`` (any registered
     family: ``model.save``, a run's ``best``/``last``, with or without LoRA) whose name and shape
-    match; the class layers only when the class names are the same. See the module docstring."""
+    match; the class layers only when the class names are the same. ``keep_backbone``: leave the
+    model's backbone (``backbone.*``) as it is, e.g. pretrained weights it was built with (listed as
+    ``kept``). See the module docstring."""
     from plaindet.engine.backbone_store import frozen_backbone
     from plaindet.models.factory import load_model
     from plaindet.models.lora import adapter_names, base_name, has_lora, merge_lora
@@ -111,6 +116,9 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike) -> InitRepor
     used = set()
     for key, value in ours.items():
         plain = base_name(key)
+        if keep_backbone and key.startswith("backbone."):
+            report.kept.append(key)
+            continue
         if plain not in theirs:
             report.not_in_source.append(key)
             continue
@@ -122,11 +130,11 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike) -> InitRepor
         else:
             take[key] = theirs[plain]
             report.taken.append(key)
-    report.unused = sorted(set(theirs) - used)
+    report.unused = sorted(set(theirs) - used - {base_name(k) for k in report.kept})
     model.load_state_dict(take, strict=False)
     adapters = adapter_names(model)
     backbone_taken = all(k in take for k in ours if k.startswith("backbone.") and k not in adapters)
-    if source_frozen and backbone_taken and hasattr(model, "set_backbone_trainable"):
+    if source_frozen and backbone_taken and not keep_backbone and hasattr(model, "set_backbone_trainable"):
         model.set_backbone_trainable(False)
         report.backbone_frozen = True
     return report
