@@ -554,7 +554,7 @@ class _Run:
 
     def _check_backbone_frozen(self) -> None:
         """A checkpoint that leaves the backbone out is only right if the backbone is still the one
-        recorded; hashing it costs a fraction of writing it (0.3 s for a ViT-B)."""
+        recorded; hashing it costs about what writing it would (a second for a ViT-B), once per save."""
         from plaindet.engine.backbone_store import frozen_backbone
         from plaindet.weights import state_digest
 
