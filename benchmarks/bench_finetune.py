@@ -89,7 +89,10 @@ def main() -> None:
     backbone = args.backbone_weights
     if backbone is None:
         src_out = args.out / f"source-{args.model}"
-        if not (src_out / "last.safetensors").is_file():
+        from plaindet.engine.train_state import TrainState
+
+        done = (src_out / "last.safetensors").is_file() and TrainState(src_out / "last.safetensors").progress["step"] >= args.source_steps
+        if not done:  # (a finished source of this budget is reused: rows can be added later)
             train(TrainConfig(data=f"shapes:classes={SOURCE_CLASSES}", shapes_train=args.source_images, shapes_val=50, shapes_test=0, shapes_dir=str(args.out / "shapes-source"),
                               out=str(src_out), epochs=1000, max_steps=args.source_steps, **common))  # fmt: skip
         source_detector = backbone = str(src_out / "last.safetensors")
