@@ -1,7 +1,8 @@
 """plaindet: object detection with transformers that is easy to use, finetune and deploy.
 
 The public surface: :func:`create_model`, :func:`list_models`, :func:`load`, :class:`Detector` (the
-flagship, :class:`plaindet.models.plaindet.PlainDet`), :func:`merge_lora`, :class:`OnnxDetector`.
+flagship, :class:`plaindet.models.plaindet.PlainDet`), :func:`merge_lora`, :class:`OnnxDetector`,
+:func:`load_group` (detectors that share a frozen backbone, run with one backbone pass).
 Heavy modules are imported on first use, so ``import plaindet`` stays fast (and
 ``plaindet.OnnxDetector`` never imports torch). No module of the package imports this one.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from plaindet.version import __version__
 
-__all__ = ["Detector", "OnnxDetector", "__version__", "create_model", "list_models", "load", "merge_lora"]
+__all__ = ["Detector", "OnnxDetector", "__version__", "create_model", "list_models", "load", "load_group", "merge_lora"]
 
 
 def load(path: str | os.PathLike, device: str = "cpu"):
@@ -33,6 +34,16 @@ def load(path: str | os.PathLike, device: str = "cpu"):
     from plaindet.models.factory import load_model
 
     return load_model(path, device=device)
+
+
+def load_group(paths, device: str = "cpu"):
+    """Detectors finetuned from the same frozen backbone, as one predictor that runs the backbone once
+    per image and each detector's neck and head on its features
+    (:func:`plaindet.models.group.load_group`; ``group.predict(images)`` returns each one's detections).
+    Detectors with different backbones are refused, naming the two checkpoints."""
+    from plaindet.models.group import load_group as _load_group
+
+    return _load_group(paths, device=device)
 
 
 def __getattr__(name: str):

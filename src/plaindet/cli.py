@@ -302,7 +302,9 @@ def demo_cmd(
 
 @app.command("export")
 def export_cmd(
-    weights: Path = typer.Option(..., "--weights", help="A saved model (.safetensors from training or save())."),
+    weights: list[Path] = typer.Option(
+        ..., "--weights", help="A saved model (.safetensors from training or save()); give it several times for a group on one backbone."
+    ),
     format: str = typer.Option("onnx", "--format", help="Export format: onnx."),
     out: Optional[Path] = typer.Option(None, "--out", help="The file to write (default: next to the weights, .onnx)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="Long side of the input images (default: the model's)."),
@@ -321,13 +323,24 @@ def export_cmd(
     bottom/right (S: the image size rounded up to the model's size divisor). Outputs: boxes (B, k, 4)
     xyxy in input pixels, scores (B, k), labels (B, k). Class names, input size and the plaindet
     version are in the file's metadata; `plaindet.load(path).predict(images)` runs it.
+
+    Several --weights (detectors finetuned from one frozen backbone, plaindet.load_group): one graph
+    with one backbone and outputs boxes_i, scores_i, labels_i per detector (default OUT: group.onnx
+    next to the first; plaindet.export.onnx.run_export_group).
     """
-    from plaindet.export.onnx import run_export
+    from plaindet.export.onnx import run_export, run_export_group
 
     if format != "onnx":
         raise UserError(f"unknown export format {format!r}: only onnx is supported")
+    if len(weights) > 1:  # detectors finetuned from one frozen backbone: one graph, one backbone pass
+        if quantize or dynamic_batch or max_detections or calib_data:
+            raise UserError("a group export (several --weights) takes only --out, --image-size and --opset")
+        _, lines = run_export_group(weights, out or weights[0].with_name("group.onnx"), image_size=image_size, opset=opset)
+        for line in lines:
+            typer.echo(line)
+        return
     _, lines = run_export(
-        weights, out, image_size=image_size, dynamic_batch=dynamic_batch, opset=opset, max_detections=max_detections,
+        weights[0], out, image_size=image_size, dynamic_batch=dynamic_batch, opset=opset, max_detections=max_detections,
         quantize=quantize, calib_data=calib_data, calib_images=calib_images, calib_split=calib_split,
     )  # fmt: skip
     for line in lines:

@@ -26,6 +26,7 @@ __all__ = [
     "pad_batch",
     "predict_dataset",
     "predict_in_batches",
+    "predict_many_in_batches",
     "resize_long_side",
     "to_rgb_array",
 ]
@@ -159,19 +160,33 @@ def predict_in_batches(
     ``image_size``, hand ``batch_size`` of them at a time to ``run`` (which pads them as its model
     needs and returns the top-k ``boxes (B, k, 4)`` in resized pixels, ``scores``, ``labels`` as numpy)
     and map the results back to original pixels. One :class:`Detections`, or a list for list input."""
+    return predict_many_in_batches(images, lambda resized: [run(resized)], image_size=image_size, batch_size=batch_size, threshold=threshold, class_names=[class_names])[0]
+
+
+def predict_many_in_batches(
+    images: Any,
+    run: Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    *,
+    image_size: int,
+    batch_size: int,
+    threshold: float,
+    class_names: list[list[str]],
+) -> list[Detections | list[Detections]]:
+    """:func:`predict_in_batches` for several models run on the same images at once (a
+    :class:`~plaindet.models.group.DetectorGroup`): ``run`` returns one ``(boxes, scores, labels)`` per
+    model, ``class_names`` holds each model's names, and the result is, per model, what
+    :func:`predict_in_batches` returns for it."""
     items, is_list = as_image_list(images)
-    results: list[Detections] = []
+    results: list[list[Detections]] = [[] for _ in class_names]
     for start in range(0, len(items), batch_size):
         arrays = [to_rgb_array(im) for im in items[start : start + batch_size]]
         resized = [resize_long_side(a, image_size) for a in arrays]
-        boxes, scores, labels = run(resized)
-        for i, (a, r) in enumerate(zip(arrays, resized)):
-            results.append(
-                detections_for_image(
-                    boxes[i], scores[i], labels[i], threshold=threshold, resized_hw=r.shape[:2], orig_hw=a.shape[:2], class_names=class_names
+        for per_model, names, (boxes, scores, labels) in zip(results, class_names, run(resized)):
+            for i, (a, r) in enumerate(zip(arrays, resized)):
+                per_model.append(
+                    detections_for_image(boxes[i], scores[i], labels[i], threshold=threshold, resized_hw=r.shape[:2], orig_hw=a.shape[:2], class_names=names)
                 )
-            )
-    return results if is_list else results[0]
+    return [r if is_list else r[0] for r in results]
 
 
 def predict_dataset(predictor: Any, dataset: Any, *, image_size: int | None = None, batch_size: int = 8) -> list[dict]:

@@ -8,7 +8,8 @@ or skipped.
 Format detection (:func:`detect_format`)
 ----------------------------------------
 - ``"shapes"`` (when no file or folder of that name exists): the built-in synthetic set
-  (:func:`plaindet.data.shapes.builtin_shapes`), written on first use;
+  (:func:`plaindet.data.shapes.builtin_shapes`), written on first use; ``"shapes:classes=star,cross"``
+  picks its classes (see :func:`plaindet.data.shapes.parse_builtin`);
 - a ``.json`` file: COCO; a ``.yaml``/``.yml`` file: an Ultralytics YOLO dataset yaml;
 - a folder holding ``Annotations/`` (XML files): Pascal VOC;
 - a folder holding ``data.yaml`` (or ``dataset.yaml``): YOLO;
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from plaindet.data.coco import find_coco_files, list_coco_splits, load_coco
 from plaindet.data.sample import DetectionDataset
-from plaindet.data.shapes import BUILTIN_NAME, builtin_shapes
+from plaindet.data.shapes import builtin_shapes, parse_builtin
 from plaindet.data.voc import list_voc_splits, load_voc
 from plaindet.data.yolo import YAML_NAMES, find_yaml, list_yolo_splits, load_yolo
 from plaindet.errors import DatasetError
@@ -51,10 +52,11 @@ FORMATS = tuple(READERS)
 
 
 def resolve(path: str | Path) -> Path:
-    """``path`` as a :class:`~pathlib.Path`, with ``"shapes"`` (when nothing of that name exists here)
-    replaced by the built-in dataset's folder, written on first use."""
-    if str(path) == BUILTIN_NAME and not Path(path).exists():
-        return builtin_shapes()
+    """``path`` as a :class:`~pathlib.Path`, with ``"shapes"`` or ``"shapes:classes=..."`` (when nothing
+    of that name exists here) replaced by the built-in dataset's folder, written on first use."""
+    options = parse_builtin(path)
+    if options is not None and not Path(path).exists():
+        return builtin_shapes(**options)
     return Path(path)
 
 

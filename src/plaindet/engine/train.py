@@ -8,8 +8,12 @@ A run folder gets:
   ``plaindet train --config run/config.yaml`` repeats the run.
 - ``last.safetensors`` (every epoch, every ``save_every_steps`` steps and on SIGINT/SIGTERM),
   ``best.safetensors`` (highest validation AP) and ``epoch_NNNN.safetensors`` (every ``save_every``
-  epochs): full training states (see :mod:`plaindet.engine.train_state`), each loadable alone
+  epochs): full training states (see :mod:`plaindet.engine.train_state`), each loadable
   with :func:`plaindet.load` and resumable with ``--resume``.
+- ``backbone.safetensors`` when the backbone is frozen (pretrained weights, LoRA or neck-only
+  recipes): the backbone, stored once; the checkpoints then hold only what trains and find it by
+  its hash (``backbone_store``, see :mod:`plaindet.engine.backbone_store`).
+- ``init.json`` with ``init``: what was taken from the source detector and what was not.
 - ``steps.jsonl``/``.csv`` and ``metrics.jsonl``/``.csv`` (see :mod:`plaindet.engine.logs`),
   ``tensorboard/`` with ``tensorboard=True``, and ``plots/`` at the end.
 
@@ -49,11 +53,12 @@ def load_splits(cfg: TrainConfig):
     """The train and validation :class:`DetectionDataset` named by ``cfg.data``."""
     from plaindet.data import load_dataset
 
-    data: str | Path = cfg.data
-    if cfg.data == "shapes":
-        from plaindet.data.shapes import builtin_shapes
+    from plaindet.data.shapes import builtin_shapes, parse_builtin
 
-        data = builtin_shapes(train=cfg.shapes_train, val=cfg.shapes_val, test=cfg.shapes_test, seed=cfg.seed, folder=cfg.shapes_dir or None)
+    data: str | Path = cfg.data
+    shapes = parse_builtin(cfg.data)  # "shapes" or "shapes:classes=..."
+    if shapes is not None:
+        data = builtin_shapes(train=cfg.shapes_train, val=cfg.shapes_val, test=cfg.shapes_test, seed=cfg.seed, folder=cfg.shapes_dir or None, **shapes)
     train, val = load_dataset(data, split=cfg.train_split), load_dataset(data, split=cfg.val_split)
     if cfg.max_train_images:
         train.samples = train.samples[: cfg.max_train_images]
@@ -255,7 +260,10 @@ class _Run:
             overrides["lora"] = {"rank": cfg.lora_rank, "targets": cfg.lora_targets}
         self.model = create_model(
             cfg.model, class_names=self.train_set.class_names, category_ids=self.train_set.category_ids, backbone_weights=cfg.backbone_weights, **overrides
-        ).to(self.device)
+        )
+        self.init_report = self._init_from(cfg.init, resuming=ckpt is not None) if cfg.init else None
+        self.model.to(self.device)
+        self.backbone, self._backbone_state = self._frozen_backbone()
         self.loader = make_loader(
             TransformedDataset(self.train_set, train_transform(cfg.image_size, scales=cfg.scales or None, **cfg.augment), seed=cfg.seed),
             cfg.batch_size,
@@ -306,6 +314,34 @@ class _Run:
         self._window_bad = False
         self._bar = None
 
+    def _init_from(self, path: str, resuming: bool):
+        """``--init``: the source detector's matching weights (see :mod:`plaindet.engine.warm_start`). On
+        resume this only rebuilds the model as the run began; the checkpoint then replaces its weights."""
+        from plaindet.engine.warm_start import init_from_checkpoint
+
+        report = init_from_checkpoint(self.model, path, keep_backbone=self.cfg.backbone_weights is not None)
+        if self.world.is_main:
+            log.info("%s%s", report.summary(), " (resuming: the checkpoint's weights replace these)" if resuming else "")
+        return report
+
+    def _frozen_backbone(self):
+        """The frozen backbone's :class:`~plaindet.engine.backbone_store.BackboneRecord` and, when the run
+        folder is to hold it, its tensors; ``(None, None)`` when the backbone trains."""
+        from plaindet.engine.backbone_store import BACKBONE_FILE, BackboneRecord, frozen_backbone
+        from plaindet.weights import state_digest
+
+        state = frozen_backbone(self.model)
+        if state is None:
+            return None, None
+        store, source = self.cfg.backbone_store, self.cfg.backbone_weights
+        if source is not None and Path(source).exists():
+            source = str(Path(source).resolve())  # a checkpoint is read from anywhere, later
+        if store == "reference" and source is None:
+            log.warning("backbone_store=reference needs backbone_weights to refer to; writing %s instead", BACKBONE_FILE)
+            store = "once"
+        record = BackboneRecord(sha256=state_digest(state), file=BACKBONE_FILE if store == "once" else None, source=source, inline=store == "every")
+        return record, state if store == "once" else None
+
     def _open_run_folder(self, resumed: bool):
         """Create the run folder (only now: a run that fails on its inputs leaves none), drop writes cut
         short by a kill, write ``config.yaml`` and open the logs."""
@@ -322,8 +358,23 @@ class _Run:
                 stale.unlink(missing_ok=True)
         run_config = {"plaindet_version": __version__, "seed": self.cfg.seed, "train": self._saved_config(), "model": to_dict(self.model.config)}
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(run_config, sort_keys=False)))
+        if self.init_report is not None:
+            self.init_report.write(out / "init.json")
+        if self._backbone_state is not None:
+            self._write_backbone(out / self.backbone.file)
         p = self.progress
         return RunLog(out, resume_step=p.step if resumed else None, resume_epoch=p.epoch if resumed else None, tensorboard=self.cfg.tensorboard)
+
+    def _write_backbone(self, path: Path) -> None:
+        """Write the frozen backbone once (a resumed run finds it there, checked by its hash)."""
+        from plaindet.engine.backbone_store import describe, save_backbone
+        from plaindet.weights import read_metadata
+
+        meta = read_metadata(path) if path.is_file() else None
+        if meta is None or meta.get("sha256") != self.backbone.sha256:
+            save_backbone(path, self._backbone_state, sha256=self.backbone.sha256, source=self.backbone.source, model_name=self.cfg.model)
+            log.info("frozen backbone (%s) written once to %s; checkpoints hold only what trains", describe(self._backbone_state), path)
+        self._backbone_state = None  # views of the model's weights: nothing to free, nothing more to write
 
     def _saved_config(self) -> dict:
         return {**to_dict(self.cfg), "resume": ""}
@@ -490,14 +541,27 @@ class _Run:
 
         if not self.world.is_main:
             return True
+        self._check_backbone_frozen()
         try:
             save_train_state(
-                path, model=self.model, ema=self.ema, optimizer=self.optimizer, scaler=self.scaler, train_config=self._saved_config(), progress=self.progress.to_dict()
-            )
+                path, model=self.model, ema=self.ema, optimizer=self.optimizer, scaler=self.scaler, train_config=self._saved_config(),
+                progress=self.progress.to_dict(), backbone=self.backbone,
+            )  # fmt: skip
             return True
         except OSError as e:
             log.error("could not write %s (%s); the previous %s is intact", path, e.strerror or e, path.name)
             return False
+
+    def _check_backbone_frozen(self) -> None:
+        """A checkpoint that leaves the backbone out is only right if the backbone is still the one
+        recorded; hashing it costs about what writing it would (a second for a ViT-B), once per save."""
+        from plaindet.engine.backbone_store import frozen_backbone
+        from plaindet.weights import state_digest
+
+        if self.backbone is not None and not self.backbone.inline:
+            state = frozen_backbone(self.model)
+            if state is None or state_digest(state) != self.backbone.sha256:
+                raise RuntimeError("the frozen backbone changed during training; its checkpoints would not rebuild the model")
 
     def finish(self) -> dict:
         """Close the logs and plot; with no evaluated epoch, the last weights are the best. Returns the

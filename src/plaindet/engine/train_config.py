@@ -17,7 +17,8 @@ class TrainConfig:
     YAML configs and :func:`train` take the same fields.
 
     ``data`` is a dataset path in any supported format, or ``"shapes"`` for the built-in synthetic
-    set (``shapes_train``, ``shapes_val`` and ``shapes_test`` images, written under ``shapes_dir``).
+    set (``shapes_train``, ``shapes_val`` and ``shapes_test`` images, written under ``shapes_dir``);
+    ``"shapes:classes=star,cross,ring"`` picks its classes (see :data:`plaindet.data.shapes.SHAPE_KINDS`).
 
     ``batch_size`` is the global batch of one optimizer step before accumulation: with ``torchrun``
     each of the ``N`` processes loads ``batch_size / N`` images, so the run matches a one-process run.
@@ -41,6 +42,20 @@ class TrainConfig:
     a checkpoint path. A resumed run takes its settings from the checkpoint; only the fields in
     :data:`RESUME_OVERRIDABLE` that are set here to a non-default value replace them.
 
+    ``init``: a trained detector's checkpoint (any registered family) to start from: every weight
+    whose name and shape match is taken, the class layers re-initialized when the classes differ
+    (see :mod:`plaindet.engine.warm_start`); the run folder's ``init.json`` lists what was taken and
+    what was not. It is not ``--resume``: the run starts at step 0 with a new optimizer. A resumed
+    run keeps its checkpoint's ``init`` (and only rebuilds the model with it before the checkpoint's
+    weights replace everything), so ``--init`` with ``--resume`` never changes the continued run.
+    With ``backbone_weights`` too, the backbone is that one (frozen) and ``init`` gives the rest: a
+    trained neck to adapt with LoRA on a pretrained backbone, say.
+
+    ``backbone_store``: with a frozen backbone, ``"once"`` writes it to ``OUT/backbone.safetensors``
+    and the checkpoints hold only what trains; ``"reference"`` copies nothing and records
+    ``backbone_weights`` (which must stay where it is) with the backbone's hash; ``"every"`` keeps it
+    in every checkpoint (see :mod:`plaindet.engine.backbone_store`).
+
     ``max_bad_steps``: that many non-finite losses (or gradients) in a row stop the run; isolated
     ones skip their step. ``max_steps`` > 0 ends training after that many optimizer steps, and
     ``time_limit`` > 0 after the step that passes that many minutes (then evaluates and saves; the
@@ -48,7 +63,7 @@ class TrainConfig:
     """
 
     model: str = setting("plaindet-t", help="A registered model (see `plaindet models`).")
-    data: str = setting("shapes", help="Dataset (COCO, YOLO or VOC), or 'shapes' for the built-in synthetic set.")
+    data: str = setting("shapes", help="Dataset (COCO, YOLO or VOC), or 'shapes' for the built-in synthetic set ('shapes:classes=star,cross,ring' picks its classes).")
     out: str = setting("runs/train", help="Run folder for config.yaml, checkpoints, logs and plots.")
     train_split: str = setting("train", help="The split to train on.")
     val_split: str = setting("val", help="The split to evaluate on (and choose the best checkpoint by).")
@@ -72,7 +87,11 @@ class TrainConfig:
     amp: str = setting("bf16", help="Mixed precision: bf16, fp16 (GPU) or off.")
     workers: int = setting(0, help="Data-loading processes.")
     seed: int = setting(0, help="Seed of every random choice.")
-    backbone_weights: str | None = setting(None, help="Pretrained backbone weights (file or Hugging Face Hub id); freezes a ViT backbone.")
+    backbone_weights: str | None = setting(
+        None, help="Pretrained backbone weights (file, Hugging Face Hub id, or a plaindet checkpoint or run folder: its backbone); freezes a ViT backbone."
+    )
+    init: str = setting("", help="Start from a trained detector's checkpoint: weights whose name and shape match; class layers re-initialized if the classes differ.")
+    backbone_store: str = setting("once", help="Frozen backbone: once (OUT/backbone.safetensors), reference (record its source and hash) or every (in each checkpoint).")
     lora_rank: int = setting(0, help="LoRA rank (0: no adapters).")
     lora_targets: str = setting("backbone", help="Where LoRA adapters go: neck, backbone or both.")
     model_overrides: dict[str, Any] = setting(help="Model config fields, e.g. {backbone: {window_size: 8}}.", factory=dict, cli=False)
@@ -98,6 +117,8 @@ class TrainConfig:
             raise ConfigError(f"amp must be bf16, fp16 or off, got {self.amp!r}")
         if self.lora_targets not in ("neck", "backbone", "both"):
             raise ConfigError(f"lora_targets must be neck, backbone or both, got {self.lora_targets!r}")
+        if self.backbone_store not in ("once", "reference", "every"):
+            raise ConfigError(f"backbone_store must be once, reference or every, got {self.backbone_store!r}")
         if self.schedule not in ("cosine", "step"):
             raise ConfigError(f"schedule must be cosine or step, got {self.schedule!r}")
         if self.accumulate < 1 or self.batch_size < 1 or self.epochs < 1:

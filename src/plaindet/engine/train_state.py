@@ -7,6 +7,11 @@ config (so :func:`plaindet.load` reads a checkpoint like any saved model, taking
 the training config, the optimizer's param groups, the gradient scaler, the EMA's update count, the
 Python and NumPy RNG states, and the progress (epoch, batch within the epoch, step, best AP).
 
+With a frozen backbone the header also holds a :class:`~plaindet.engine.backbone_store.BackboneRecord`
+(the backbone's SHA-256 and where it is), and unless the run keeps it in every file the ``model.*``
+tensors leave the backbone out: the checkpoint holds only what trains (see
+:mod:`plaindet.engine.backbone_store`), and loading or resuming finds the backbone by the record.
+
 Files are written through :func:`plaindet.weights.atomic_write` (temporary file, fsync, rename),
 so a kill at any instant leaves the previous checkpoint or the new one, never a torn file. Nothing is
 unpickled when reading.
@@ -25,6 +30,7 @@ import torch
 from torch import Tensor
 
 from plaindet.config import to_dict
+from plaindet.engine.backbone_store import BackboneRecord, backbone_keys, check_digest, frozen_backbone
 from plaindet.errors import CheckpointError
 from plaindet.version import __version__
 from plaindet.weights import read_config, read_safetensors, save_safetensors
@@ -72,10 +78,17 @@ def save_train_state(
     scaler: torch.amp.GradScaler,
     train_config: dict,
     progress: dict,
+    backbone: BackboneRecord | None = None,
 ) -> Path:
-    """Write a resumable checkpoint atomically. ``ema`` is a :class:`~plaindet.engine.ema.ModelEMA` or ``None``."""
+    """Write a resumable checkpoint atomically. ``ema`` is a :class:`~plaindet.engine.ema.ModelEMA` or ``None``.
+
+    ``backbone``: the frozen backbone's record (see :mod:`plaindet.engine.backbone_store`); unless it is
+    ``inline`` the backbone's tensors are left out (the EMA of a frozen tensor equals it exactly, so
+    none of them is stored as ``ema.*`` either).
+    """
     raw = model.state_dict()
-    tensors = {f"model.{k}": v for k, v in raw.items()}
+    left_out = backbone_keys(model) if backbone is not None and not backbone.inline else set()
+    tensors = {f"model.{k}": v for k, v in raw.items() if k not in left_out}
     meta: dict[str, Any] = {}
     if ema is not None:
         for k, v in ema.module.state_dict().items():
@@ -106,6 +119,8 @@ def save_train_state(
         "config": json.dumps(to_dict(model.config)),
         "train_state": json.dumps(meta),
     }
+    if backbone is not None:
+        header["backbone"] = backbone.to_json()
     return save_safetensors(tensors, path, header)
 
 
@@ -123,6 +138,7 @@ class TrainState:
             self.model_config = read_config(header, self.path, TRAIN_STATE_FORMAT)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{self.path}: its training state header is not valid JSON ({e})") from None
+        self.backbone = BackboneRecord.from_header(header, self.path)
 
     @property
     def progress(self) -> dict:
@@ -136,8 +152,19 @@ class TrainState:
         return _prefixed(self.tensors, prefix)
 
     def restore(self, model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-        """Load weights, EMA, optimizer, scaler and RNG states into freshly built objects."""
+        """Load weights, EMA, optimizer, scaler and RNG states into freshly built objects.
+
+        A checkpoint without its frozen backbone takes the one ``model`` was built with, after checking
+        that it is the backbone the checkpoint trained on (by its SHA-256).
+        """
         raw = self._prefixed("model.")
+        if self.backbone is not None and not self.backbone.inline:
+            current = frozen_backbone(model)
+            if current is None:
+                raise CheckpointError(f"{self.path}: the run trained on a frozen backbone, but this model's backbone trains")
+            check_digest(current, self.backbone, "the backbone this run was built with (its backbone_weights)", self.path)
+            ours = model.state_dict()
+            raw = {**{k: ours[k] for k in backbone_keys(model)}, **raw}
         missing, unexpected = model.load_state_dict(raw, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{self.path}: weights do not match the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")

@@ -137,20 +137,7 @@ def export_onnx(
     device = next(model.parameters()).device
     example = torch.zeros(2 if dynamic_batch else 1, 3, side, side, dtype=torch.uint8, device=device)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            wrapper,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            opset_version=opset,
-            dynamic_shapes=dynamic_shapes,
-            verbose=False,
-        )
-        program.save(path, external_data=False)
+    path = _trace(wrapper, example, path, list(OUTPUT_NAMES), opset=opset, dynamic_shapes=dynamic_shapes)
 
     from plaindet.config import to_dict
     from plaindet.version import __version__
@@ -176,6 +163,86 @@ def export_onnx(
         f"{image_size} and zero-padded at the bottom/right -> boxes float32 (B, k, 4) xyxy input pixels, "
         f"scores float32 (B, k) high to low, labels int64 (B, k); k = {wrapper.max_detections}"
     )
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+    return path
+
+
+def _trace(wrapper: nn.Module, example: Tensor, path: str | os.PathLike, output_names: list[str], *, opset: int | None, dynamic_shapes) -> Path:
+    """``torch.onnx.export(..., dynamo=True)`` of ``wrapper`` on ``example`` to one file (no external data)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=output_names,
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+        program.save(path, external_data=False)
+    return path
+
+
+class GroupExportWrapper(nn.Module):
+    """``images -> (boxes_0, scores_0, labels_0, boxes_1, ...)``: a
+    :class:`~plaindet.models.group.DetectorGroup`'s forward, flattened for the exporter."""
+
+    def __init__(self, group: nn.Module) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        return tuple(t for out in self.group(images) for t in out)
+
+
+def group_output_names(n: int) -> list[str]:
+    """The output names of a group's graph: ``boxes_i``, ``scores_i``, ``labels_i`` for detector ``i``."""
+    return [f"{name}_{i}" for i in range(n) for name in OUTPUT_NAMES]
+
+
+def export_group_onnx(group: nn.Module, path: str | os.PathLike, *, image_size: int | None = None, opset: int | None = None) -> Path:
+    """Write a :class:`~plaindet.models.group.DetectorGroup` as one ONNX graph with one backbone.
+
+    Input ``images`` as :func:`export_onnx`'s (batch 1); outputs :func:`group_output_names`, each
+    detector's ``boxes``, ``scores``, ``labels`` as :func:`export_onnx` describes them. The metadata
+    holds ``group``: per detector its name, class names, category ids and ``max_detections``.
+    """
+    require_extra("onnxscript", "onnx", "ONNX export and inference")
+    onnx = require_extra("onnx", "onnx", "ONNX export and inference")
+    from plaindet.models.lora import has_lora, merge_lora
+    from plaindet.version import __version__
+
+    group = copy.deepcopy(group).eval()
+    for member in group.members:
+        if has_lora(member):
+            merge_lora(member)
+    sizes = {m.config.image_size for m in group.members}
+    image_size = image_size or max(sizes)
+    side = export_input_size(image_size, group.size_divisor)
+    device = next(group.parameters()).device
+    example = torch.zeros(1, 3, side, side, dtype=torch.uint8, device=device)
+    names = group_output_names(len(group.members))
+    path = _trace(GroupExportWrapper(group).eval(), example, path, names, opset=opset, dynamic_shapes=None)
+    proto = onnx.load(path)
+    members = [
+        {"name": n, "model": m.config.name, "class_names": list(m.config.class_names), "category_ids": [int(i) for i in m.config.category_ids], "max_detections": m.config.max_detections}
+        for n, m in zip(group.names, group.members)
+    ]  # fmt: skip
+    onnx.helper.set_model_props(
+        proto,
+        {
+            "plaindet_version": __version__,
+            "group": json.dumps(members),
+            "image_size": str(image_size),
+            "input_size": json.dumps([side, side]),
+            "size_divisor": str(group.size_divisor),
+        },
+    )
+    proto.doc_string = f"plaindet group of {len(members)} detectors on one backbone: images uint8 (1, 3, {side}, {side}) -> {', '.join(names)}"
     onnx.checker.check_model(proto)
     onnx.save(proto, path)
     return path
@@ -277,3 +344,28 @@ def run_export(
         + (f" ({quantize} changes the numbers by design: measure its AP with plaindet eval --weights {out})" if quantize else ""),
     ]
     return out, lines
+
+
+def run_export_group(weights: list[str | os.PathLike], out: str | os.PathLike, *, image_size: int | None = None, opset: int | None = None) -> tuple[Path, list[str]]:
+    """``plaindet export --weights A --weights B ...``: detectors finetuned from one frozen backbone
+    (:func:`plaindet.load_group`) to one ONNX graph with one backbone (:func:`export_group_onnx`),
+    compared with the PyTorch group on a random image on the way out. Returns the file and the lines
+    to tell the user."""
+    from plaindet.models.group import load_group
+
+    ort = require_extra("onnxruntime", "onnx", "ONNX export and inference")
+    group = load_group(weights)
+    out = export_group_onnx(group, out, image_size=image_size, opset=opset)
+    sizes = {m.config.image_size for m in group.members}
+    side = export_input_size(image_size or max(sizes), group.size_divisor)
+    images = torch.randint(0, 256, (1, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    names = group_output_names(len(group.members))
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(names, {INPUT_NAME: images.numpy()})
+    with torch.no_grad():
+        ref = [t.numpy() for o in group(images) for t in o]
+    worst = max(float(abs(a - b).max()) for n, a, b in zip(names, got, ref) if n.startswith("scores"))
+    return out, [
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): {len(group.members)} detectors on one backbone, input images uint8 (1, 3, {side}, {side}), "
+        f"outputs {', '.join(names)}",
+        f"graph vs PyTorch on a random image: max abs diff of the scores {worst:.2e}",
+    ]

@@ -6,6 +6,7 @@ Importing this module imports every model family, so each family's variants are 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from pathlib import Path
@@ -14,16 +15,16 @@ from typing import Any
 import torch
 
 from plaindet.config import apply_overrides, from_dict
-from plaindet.errors import CheckpointError, ConfigError, UserError
+from plaindet.errors import CheckpointError, ConfigError, UserError, WeightsError
 import plaindet.models.deperceiver  # noqa: F401 (each family registers its variants on import)
 import plaindet.models.detr  # noqa: F401
 import plaindet.models.patchtok  # noqa: F401
 import plaindet.models.plaindet  # noqa: F401
 from plaindet.models.base import CHECKPOINT_FORMAT, DetectionConfig, DetectionModel
 from plaindet.models.registry import REGISTRY
-from plaindet.weights import read_config, read_safetensors
+from plaindet.weights import read_config, read_metadata, read_safetensors
 
-__all__ = ["count_flops", "count_parameters", "create_model", "describe_model", "list_models", "load_model", "model_config", "model_from_state"]
+__all__ = ["backbone_checkpoint", "count_flops", "count_parameters", "create_model", "describe_model", "list_models", "load_model", "model_config", "model_from_state"]
 
 
 def list_models() -> list[str]:
@@ -55,7 +56,10 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
         backbone_weights: pretrained backbone weights (a local file, a Hugging Face Hub id or a state
             dict: CLIP image-encoder weights for plaindet, ResNet weights for DETR and DePerceiver,
             or BiT weights (Google's ``.npz``, timm or transformers) with ``backbone="bit"``, DeiT
-            weights for the patch-token models); a pretrained ViT backbone is frozen.
+            weights for the patch-token models); a pretrained ViT backbone is frozen. A plaindet
+            checkpoint (``model.save``, a run's ``best``/``last``) or a training run's folder (its
+            ``best``, else ``last``) works too: its backbone is taken (LoRA adapters merged), so a
+            backbone trained on one task seeds another (see :func:`backbone_checkpoint`).
         overrides: any config field, checked strictly (nested configs take dicts, e.g.
             ``backbone=dict(window_size=0)``).
     """
@@ -71,7 +75,55 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
         overrides.setdefault("class_names", [])
         overrides.setdefault("category_ids", [])
     config = model_config(name, **overrides)  # dataclasses.replace re-runs __post_init__'s checks
+    checkpoint = backbone_checkpoint(backbone_weights)
+    if checkpoint is not None:
+        return _build_on_backbone_of(config, checkpoint)
     return config.build(backbone_weights=backbone_weights)
+
+
+def backbone_checkpoint(source: Any) -> Path | None:
+    """The plaindet checkpoint ``source`` names, when it names one, else ``None`` (weights of another kind).
+
+    A ``.safetensors`` file whose header says plaindet wrote it (a saved model or a training
+    checkpoint), a training run's folder (its ``best.safetensors``, else ``last.safetensors``), or a
+    folder holding a plaindet ``model.safetensors``.
+    """
+    from plaindet.engine.train_state import TRAIN_STATE_FORMAT
+
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    if path.is_dir():
+        found = [path / n for n in ("best.safetensors", "last.safetensors", "model.safetensors") if (path / n).is_file()]
+        if not found:
+            return None
+        path = found[0]
+    if not path.is_file() or path.suffix.lower() != ".safetensors":
+        return None
+    meta = read_metadata(path)
+    return path if meta is not None and meta.get("format") in (CHECKPOINT_FORMAT, TRAIN_STATE_FORMAT) else None
+
+
+def _build_on_backbone_of(config: DetectionConfig, path: Path) -> DetectionModel:
+    """``config``'s model with the backbone of the detector in ``path``, loaded as pretrained weights
+    (so frozen, as any pretrained backbone). A backbone that doesn't fit (another size or family) is a
+    :class:`WeightsError` naming the file, both models and what differs."""
+    from plaindet.config import to_dict
+    from plaindet.models.lora import has_lora, merge_lora
+
+    source = load_model(path)
+    if has_lora(source):
+        merge_lora(source)  # the backbone the detector ran with: its adapters folded in
+    try:
+        return config.build(backbone_weights=source.backbone.state_dict())
+    except WeightsError as e:
+        ours, theirs = getattr(config, "backbone", None), getattr(source.config, "backbone", None)
+        differ = ""
+        if dataclasses.is_dataclass(ours) and dataclasses.is_dataclass(theirs):
+            a, b = to_dict(theirs), to_dict(ours)
+            diffs = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            differ = f" (backbone settings, checkpoint vs model: {', '.join(diffs)})" if diffs else ""
+        raise WeightsError(f"{path}: the backbone of this {source.config.name} checkpoint does not fit {config.name}{differ}: {e}") from None
 
 
 def count_parameters(config: DetectionConfig) -> int:
@@ -117,8 +169,13 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
 
     ``path`` is a ``.safetensors`` file or a folder holding ``model.safetensors``. Nothing but that
     file is needed: the config travels in its header. No code is unpickled. A training checkpoint
-    gives its EMA weights (the ones evaluated and deployed).
+    gives its EMA weights (the ones evaluated and deployed). A checkpoint of a run with a frozen
+    backbone may hold only what trained; then its backbone is read from the file its header names
+    (the run folder's ``backbone.safetensors``) or rebuilt from the recorded ``backbone_weights``,
+    and checked against the recorded SHA-256 (see :mod:`plaindet.engine.backbone_store`); a missing
+    or different backbone is a :class:`CheckpointError` naming the file it needs.
     """
+    from plaindet.engine.backbone_store import BackboneRecord, read_backbone_file, with_backbone
     from plaindet.engine.train_state import TRAIN_STATE_FORMAT, inference_weights
 
     p = Path(path)
@@ -127,6 +184,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
     state, meta = read_safetensors(p)
     if meta.get("format") == TRAIN_STATE_FORMAT:
         config, state = read_config(meta, p, TRAIN_STATE_FORMAT), inference_weights(state)
+        record = BackboneRecord.from_header(meta, p)
+        if record is not None and not record.inline:
+            backbone = read_backbone_file(record, p) if record.file else _backbone_from_source(config, record, p)
+            state = with_backbone(state, backbone)
     else:
         config = read_config(meta, p, CHECKPOINT_FORMAT)
     try:
@@ -136,3 +197,25 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
     except (ValueError, TypeError) as e:  # a config or weights that don't fit the model
         raise CheckpointError(f"{p}: {e}") from None
     return model.to(device)
+
+
+def _backbone_from_source(config: dict, record, checkpoint: Path) -> dict:
+    """The frozen backbone of a checkpoint that records only where it came from (``backbone_store=
+    "reference"``): built from ``record.source`` as the run built it, and checked by its SHA-256."""
+    from plaindet.engine.backbone_store import check_digest, frozen_backbone
+
+    cfg = from_dict(type(model_config(config["name"])), config)
+    if any(f.name == "lora" for f in dataclasses.fields(cfg)):
+        cfg = dataclasses.replace(cfg, lora=type(cfg.lora)())  # the backbone alone: adapters come from the checkpoint
+    try:
+        found = backbone_checkpoint(record.source)
+        model = _build_on_backbone_of(cfg, found) if found is not None else cfg.build(backbone_weights=record.source)
+    except (OSError, UserError) as e:
+        raise CheckpointError(
+            f"{checkpoint} holds only the weights that trained; its frozen backbone comes from {record.source}, which can't be read ({e})"
+        ) from None
+    backbone = frozen_backbone(model)
+    if backbone is None:
+        raise CheckpointError(f"{checkpoint}: {record.source} did not give a frozen backbone")
+    check_digest(backbone, record, str(record.source), checkpoint)
+    return backbone

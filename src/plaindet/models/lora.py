@@ -74,7 +74,10 @@ from plaindet.weights import read_config, read_safetensors, save_safetensors
 
 log = logging.getLogger("plaindet")
 
-__all__ = ["ADAPTER_FORMAT", "LoraConfig", "add_lora", "has_lora", "load_adapter", "lora_target_modules", "merge_lora", "save_adapter"]
+__all__ = [
+    "ADAPTER_FORMAT", "LoraConfig", "adapted_names", "add_lora", "adapter_names", "base_name", "has_lora", "load_adapter", "lora_target_modules",
+    "merge_lora", "save_adapter",
+]  # fmt: skip
 
 ADAPTER_FORMAT = "plaindet-adapter"
 TARGETS = ("neck", "backbone", "both")
@@ -130,6 +133,36 @@ def lora_target_modules(model: nn.Module, targets: str) -> list[str]:
         # ConvTranspose2d is not a Conv2d subclass; depthwise convs are excluded by their groups.
         names += [f"neck.{n}" for n, m in model.neck.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     return names
+
+
+# peft keeps an adapted layer's own weights under ``<layer>.base_layer.`` and its adapters under
+# ``<layer>.lora_A.<adapter>.`` / ``<layer>.lora_B.<adapter>.``; these two functions are the only
+# places that know it, so state dicts of adapted and plain models can be matched key by key.
+_BASE = ".base_layer."
+_ADAPTER_A = ".lora_A."
+
+
+def base_name(name: str) -> str:
+    """The name a weight of an adapted model has in the same model without adapters
+    (``blocks.0.attn.qkv.base_layer.weight`` -> ``blocks.0.attn.qkv.weight``); other names unchanged."""
+    return name.replace(_BASE, ".")
+
+
+def adapted_names(names, adapted_keys) -> dict[str, str]:
+    """``{plain name: its name in the adapted model}`` for the weights ``names`` of a model without
+    adapters, given ``adapted_keys`` (keys of the adapted model's state dict that include its adapters):
+    a weight of a layer that has adapters moves under ``base_layer``, any other keeps its name."""
+    adapted_layers = {k.split(_ADAPTER_A, 1)[0] for k in adapted_keys if _ADAPTER_A in k}
+    out = {}
+    for name in names:
+        layer, _, leaf = name.rpartition(".")
+        out[name] = f"{layer}{_BASE}{leaf}" if layer in adapted_layers else name
+    return out
+
+
+def adapter_names(model: nn.Module) -> set[str]:
+    """Names of ``model``'s adapter parameters (LoRA's ``A`` and ``B``; empty without adapters)."""
+    return _adapter_names(model)
 
 
 def _check_lora_config(cfg: LoraConfig) -> None:

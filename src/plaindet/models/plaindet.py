@@ -111,11 +111,21 @@ class PlainDet(DetectionModel):
                 p.requires_grad_(trainable)
 
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict[str, Any]:
+        return self.decode(self.backbone_features(images))
+
+    def backbone_features(self, images: Tensor) -> Tensor:
+        """The backbone's output for ``images`` (as :meth:`forward` takes them): ``(B, width, H / patch,
+        W / patch)``. With :meth:`decode` it splits :meth:`forward` in two, so detectors that share a
+        frozen backbone can share its pass (:class:`plaindet.models.group.DetectorGroup`)."""
         self.check_input(images)
-        features = self.neck(self.backbone(self.normalize(images)))
-        out = self.head(features)
+        return self.backbone(self.normalize(images))
+
+    def decode(self, features: Tensor) -> dict[str, Any]:
+        """Neck and head on :meth:`backbone_features`' output; returns what :meth:`forward` returns."""
+        pyramid = self.neck(features)
+        out = self.head(pyramid)
         if self.training and self.aux_head is not None:
-            out["aux"] = self.aux_head(features)
+            out["aux"] = self.aux_head(pyramid)
         return out
 
     @torch.no_grad()
