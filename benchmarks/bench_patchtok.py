@@ -18,25 +18,11 @@ here first).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 
 import torch
-
-
-def parse_sets(items: list[str]) -> dict:
-    """``["a.b=1", "c=true"]`` -> ``{"a": {"b": 1}, "c": True}`` (values are JSON)."""
-    overrides: dict = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = overrides
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = json.loads(value)
-    return overrides
 
 
 @torch.no_grad()

@@ -15,7 +15,6 @@ a test: it needs ../shared and minutes of CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -52,14 +51,9 @@ def main() -> None:
     data = load_dataset(args.data, split="train")
     data.samples = data.samples[: args.images]
     print(f"{len(data)} images, {sum(len(s.boxes) for s in data)} boxes, {data.num_classes} classes")
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = overrides
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = json.loads(value)
+    from bench_models_shapes import parse_sets  # the one --set parser of the benchmarks
+
+    overrides = parse_sets(args.set)
     lr = args.lr if args.lr is not None else LR[args.model.rsplit("-", 1)[0]]
     cfg = TrainConfig(
         model=args.model,
