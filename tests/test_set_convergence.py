@@ -244,3 +244,55 @@ def test_dense_aux_head_trains_the_backbone_directly_and_is_dropped_at_inference
     model.eval()
     with torch.no_grad():
         assert "dense" not in model(images())
+
+
+def test_query_selection_starts_queries_on_the_dense_heads_best_boxes():
+    """The ``min(Q, S)`` best dense locations' boxes are every group's first anchors (best first),
+    the learned anchors fill the rest, and the dense head runs at inference as well."""
+    from plaindet.errors import ConfigError
+    from plaindet.models.detr import inverse_sigmoid
+
+    model = tiny(anchor_queries=True, dense_aux=True, query_selection=True, query_groups=2, loss={"classification": "focal"}).eval()
+    wh = torch.tensor([64.0, 32.0])
+    logits = torch.tensor([[[0.0, -5.0, -5.0], [-5.0, -5.0, 3.0], [-9.0, -9.0, -9.0], [1.0, -5.0, -5.0]]])  # (1, S=4, K=3)
+    boxes = torch.tensor([[[0.0, 0.0, 32.0, 16.0], [16.0, 8.0, 48.0, 24.0], [0.0, 0.0, 64.0, 32.0], [32.0, 16.0, 64.0, 32.0]]])
+    learned = torch.randn(1, 12, 4)
+    anchors = model.selected_anchors({"logits": logits, "boxes": boxes}, learned, 2, wh)
+    order = [1, 3, 0, 2]  # by best class score: 3, 1, 0, -9
+    expect = inverse_sigmoid(torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]))
+    for g in range(2):
+        torch.testing.assert_close(anchors[0, g * 6 : g * 6 + 4], expect)
+        torch.testing.assert_close(anchors[0, g * 6 + 4 : g * 6 + 6], learned[0, g * 6 + 4 : g * 6 + 6])
+    assert order == logits.amax(-1)[0].argsort(descending=True).tolist()
+    # In the model: a 64 px input has 2 x 2 memory cells, so anchors 0-3 are replaced and 4-5 are not.
+    x = images()
+    with torch.no_grad():
+        before = model(x)["boxes"]
+        model.anchor_embed.weight[:4] += 1.0
+        assert torch.equal(model(x)["boxes"], before)
+        model.anchor_embed.weight[4:6] += 1.0
+        assert not torch.allclose(model(x)["boxes"], before)
+    model.train()
+    losses = model.criterion()(model(x, targets()), targets())
+    assert "loss_dense_ce" in losses
+    with pytest.raises(ConfigError):
+        tiny(anchor_queries=True, query_selection=True)  # no dense head
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["detr-r18", "deperceiver-r18"])
+def test_the_inference_options_export_and_match_pytorch(name, tmp_path):
+    """Anchor queries, the spatial prior (DETR), sigmoid decoding and query selection (topk and
+    gather over the dense head in the graph) export, and the ONNX graph gives PyTorch's detections."""
+    pytest.importorskip("onnxruntime")
+    from plaindet.export.onnx import export_onnx, onnx_parity
+
+    extra = dict(encoder_layers=1, spatial_prior=True) if name.startswith("detr") else dict(latent_layers=1, num_latents=8)
+    base = {k: v for k, v in TINY.items() if k != "encoder_layers"}
+    torch.manual_seed(0)
+    model = plaindet.create_model(
+        name, num_classes=3, image_size=SIZE, **base, **extra, anchor_queries=True, dense_aux=True, query_selection=True, loss={"classification": "focal"}
+    ).eval()
+    path = export_onnx(model, tmp_path / "model.onnx", dynamic_batch=True)
+    parity = onnx_parity(model, path, images())
+    assert parity["scores"] < 1e-4 and parity["boxes"] < 1e-3, parity

@@ -291,7 +291,14 @@ class SetDetectorConfig(DetectionConfig):
       queries (needs ``anchor_queries``, since a noised box is an anchor): centers moved by up to
       ``dn_box_noise`` half-sizes, sizes scaled by up to ``1 +- dn_box_noise``, labels replaced by a
       random class with probability ``dn_label_noise``; they learn to reconstruct the object.
-      Matching queries cannot see them, and the copies cannot see each other.
+      Matching queries cannot see them, and the copies cannot see each other;
+    - ``query_selection``: the dense head's best locations become the queries' anchors (DINO's mixed
+      query selection, the two-stage scheme of Deformable DETR and RT-DETR): the ``min(num_queries,
+      S)`` memory locations of highest class score give their predicted boxes (detached) as anchors,
+      the learned anchors fill the rest, and the content stays learned. The decoder then starts from
+      boxes that are already near the objects instead of learning where objects are through 100
+      free embeddings, the slow part of DETR's training. The dense head runs at inference too (it
+      is part of the exported graph). Needs ``anchor_queries`` and ``dense_aux``.
     """
 
     name: str = "detr"
@@ -313,6 +320,7 @@ class SetDetectorConfig(DetectionConfig):
     denoising: int = 0
     dn_box_noise: float = 0.4
     dn_label_noise: float = 0.2
+    query_selection: bool = False
     image_size: int = 800
 
     def __post_init__(self) -> None:
@@ -325,6 +333,8 @@ class SetDetectorConfig(DetectionConfig):
             raise ConfigError("denoising queries are noised boxes, so they need anchor_queries=True")
         if self.spatial_prior and not self.anchor_queries:
             raise ConfigError("the spatial prior is centered on each query's box, so it needs anchor_queries=True")
+        if self.query_selection and not (self.anchor_queries and self.dense_aux):
+            raise ConfigError("query_selection takes the dense head's boxes as anchors, so it needs anchor_queries=True and dense_aux=True")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(map(repr, BACKBONES))}, got {self.backbone!r}")
         if self.backbone == "bit" and self.backbone_depth not in BIT_LAYOUTS:
@@ -473,9 +483,12 @@ class SetDetector(DetectionModel):
         groups = c.query_groups if self.training else 1
         n = c.num_queries * groups  # matching queries; denoising ones follow them
         dn_size = 0
+        dense = self.dense_head(self.dense_maps(features, memory)) if c.dense_aux and (self.training or c.query_selection) else None
         if c.anchor_queries:
             b = memory.shape[0]
             anchors = self.anchor_embed.weight[:n][None].expand(b, n, 4)
+            if c.query_selection:
+                anchors = self.selected_anchors(dense, anchors, groups, image_wh)
             content = self.label_embed.weight[-1].to(memory.dtype).expand(b, n, memory.shape[2])
             if self.training and c.denoising and targets is not None:
                 dn = self.denoising_queries(targets, image_wh)
@@ -499,9 +512,27 @@ class SetDetector(DetectionModel):
         if dn_size:
             out["dn_logits"] = logits[:, :, n:]
             out["dn_boxes"] = boxes[:, :, n:]
-        if self.training and c.dense_aux:
-            out["dense"] = self.dense_head(self.dense_maps(features, memory))
+        if self.training and dense is not None:
+            out["dense"] = dense
         return out
+
+    def selected_anchors(self, dense: dict[str, Tensor], learned: Tensor, groups: int, image_wh: Tensor) -> Tensor:
+        """Query selection: ``learned (B, groups * Q, 4)`` inverse-sigmoid anchors with each group's
+        first ``k = min(Q, S)`` replaced by the boxes of the dense head's ``k`` best-scoring locations
+        (detached, best first), the same for every group."""
+        q = self.config.num_queries
+        scores = dense["logits"].detach().float().amax(-1)  # (B, S)
+        k = min(q, scores.shape[1])
+        idx = scores.topk(k, dim=1).indices
+        boxes = dense["boxes"].detach().float().gather(1, idx[..., None].expand(-1, -1, 4))  # xyxy pixels
+        scale = torch.cat([image_wh, image_wh]).float()
+        boxes = (boxes / scale).clamp(0, 1)
+        cxcywh = torch.cat([(boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-3)], -1)
+        selected = inverse_sigmoid(cxcywh).to(learned.dtype)
+        b = learned.shape[0]
+        per_group = learned.reshape(b, groups, q, 4)
+        merged = torch.cat([selected[:, None].expand(b, groups, k, 4), per_group[:, :, k:]], 2)
+        return merged.reshape(b, groups * q, 4)
 
     def decode_anchors(
         self, content: Tensor, anchors: Tensor, memory: Tensor, memory_pos: Tensor | None, all_layers: bool, mask: Tensor | None, grid: tuple[Tensor, Tensor] | None = None
