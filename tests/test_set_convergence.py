@@ -257,7 +257,7 @@ def test_query_selection_starts_queries_on_the_dense_heads_best_boxes():
     logits = torch.tensor([[[0.0, -5.0, -5.0], [-5.0, -5.0, 3.0], [-9.0, -9.0, -9.0], [1.0, -5.0, -5.0]]])  # (1, S=4, K=3)
     boxes = torch.tensor([[[0.0, 0.0, 32.0, 16.0], [16.0, 8.0, 48.0, 24.0], [0.0, 0.0, 64.0, 32.0], [32.0, 16.0, 64.0, 32.0]]])
     learned = torch.randn(1, 12, 4)
-    anchors = model.selected_anchors({"logits": logits, "boxes": boxes}, learned, 2, wh)
+    anchors, _ = model.selected_anchors({"logits": logits, "boxes": boxes}, learned, 2, wh)
     order = [1, 3, 0, 2]  # by best class score: 3, 1, 0, -9
     expect = inverse_sigmoid(torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]))
     for g in range(2):
@@ -279,11 +279,38 @@ def test_query_selection_starts_queries_on_the_dense_heads_best_boxes():
         tiny(anchor_queries=True, query_selection=True)  # no dense head
 
 
+def test_selected_content_is_the_dense_features_at_the_selected_locations():
+    """Each group's first ``k`` contents are the projected dense-map features at the chosen
+    locations (maps flattened level by level, the dense head's order); the learned rest is kept; the
+    option needs query selection."""
+    from plaindet.errors import ConfigError
+
+    model = tiny(anchor_queries=True, dense_aux=True, query_selection=True, selected_content=True, query_groups=2, loss={"classification": "focal"})
+    d = model.config.hidden_dim
+    maps = [torch.randn(1, d, 2, 2), torch.randn(1, d, 1, 1)]  # S = 5 locations
+    flat = torch.cat([maps[0].flatten(2)[0].T, maps[1].flatten(2)[0].T])  # (5, D)
+    idx = torch.tensor([[4, 1, 2]])
+    learned = torch.randn(1, 2 * 6, d)
+    content = model.selected_queries(maps, idx, learned, 2)
+    for g in range(2):
+        torch.testing.assert_close(content[0, g * 6 : g * 6 + 3], model.content_proj(flat[[4, 1, 2]]))
+        torch.testing.assert_close(content[0, g * 6 + 3 : g * 6 + 6], learned[0, g * 6 + 3 : g * 6 + 6])
+    # In the model the selected queries' content reaches the output.
+    model.eval()
+    x = images()
+    with torch.no_grad():
+        before = model(x)["logits"]
+        model.content_proj[0].weight += torch.randn_like(model.content_proj[0].weight)
+        assert not torch.allclose(model(x)["logits"], before)
+    with pytest.raises(ConfigError, match="needs query_selection"):
+        tiny(anchor_queries=True, dense_aux=True, selected_content=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["detr-r18", "deperceiver-r18"])
 def test_the_inference_options_export_and_match_pytorch(name, tmp_path):
-    """Anchor queries, the spatial prior (DETR), sigmoid decoding and query selection (topk and
-    gather over the dense head in the graph) export, and the ONNX graph gives PyTorch's detections."""
+    """Anchor queries, the spatial prior (DETR), sigmoid decoding and query selection with selected
+    content (topk and gathers over the dense head in the graph) export, and the ONNX graph gives PyTorch's detections."""
     pytest.importorskip("onnxruntime")
     from plaindet.export.onnx import export_onnx, onnx_parity
 
@@ -291,7 +318,8 @@ def test_the_inference_options_export_and_match_pytorch(name, tmp_path):
     base = {k: v for k, v in TINY.items() if k != "encoder_layers"}
     torch.manual_seed(0)
     model = plaindet.create_model(
-        name, num_classes=3, image_size=SIZE, **base, **extra, anchor_queries=True, dense_aux=True, query_selection=True, loss={"classification": "focal"}
+        name, num_classes=3, image_size=SIZE, **base, **extra, anchor_queries=True, dense_aux=True, query_selection=True,
+        selected_content=True, loss={"classification": "focal"},
     ).eval()
     path = export_onnx(model, tmp_path / "model.onnx", dynamic_batch=True)
     parity = onnx_parity(model, path, images())

@@ -298,7 +298,12 @@ class SetDetectorConfig(DetectionConfig):
       the learned anchors fill the rest, and the content stays learned. The decoder then starts from
       boxes that are already near the objects instead of learning where objects are through 100
       free embeddings, the slow part of DETR's training. The dense head runs at inference too (it
-      is part of the exported graph). Needs ``anchor_queries`` and ``dense_aux``.
+      is part of the exported graph). Needs ``anchor_queries`` and ``dense_aux``;
+    - ``selected_content`` (with ``query_selection``): the selected queries' content is the feature
+      the dense head read at their location (detached, through a linear layer and LayerNorm), as
+      RT-DETR and Deformable DETR's two-stage variant start them, instead of one learned embedding
+      shared by every query: a query knows what it looks at before its first cross-attention, so
+      the class need not be found by attention alone.
     """
 
     name: str = "detr"
@@ -321,6 +326,7 @@ class SetDetectorConfig(DetectionConfig):
     dn_box_noise: float = 0.4
     dn_label_noise: float = 0.2
     query_selection: bool = False
+    selected_content: bool = False
     image_size: int = 800
 
     def __post_init__(self) -> None:
@@ -335,6 +341,8 @@ class SetDetectorConfig(DetectionConfig):
             raise ConfigError("the spatial prior is centered on each query's box, so it needs anchor_queries=True")
         if self.query_selection and not (self.anchor_queries and self.dense_aux):
             raise ConfigError("query_selection takes the dense head's boxes as anchors, so it needs anchor_queries=True and dense_aux=True")
+        if self.selected_content and not self.query_selection:
+            raise ConfigError("selected_content is the content of the selected queries, so it needs query_selection=True")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(map(repr, BACKBONES))}, got {self.backbone!r}")
         if self.backbone == "bit" and self.backbone_depth not in BIT_LAYOUTS:
@@ -419,6 +427,8 @@ class SetDetector(DetectionModel):
         self.bbox_embed = BoxHead(d, 3)
         if c.dense_aux:
             self.dense_head = DenseHead(d, c.num_classes, self.dense_strides(), depth=1)
+        if c.selected_content:
+            self.content_proj = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d))
 
     def _init_decoder(self) -> None:
         """DETR's Xavier init of the decoder; for sigmoid classes a prior of 0.01 on every class (focal
@@ -483,13 +493,18 @@ class SetDetector(DetectionModel):
         groups = c.query_groups if self.training else 1
         n = c.num_queries * groups  # matching queries; denoising ones follow them
         dn_size = 0
-        dense = self.dense_head(self.dense_maps(features, memory)) if c.dense_aux and (self.training or c.query_selection) else None
+        dense = maps = None
+        if c.dense_aux and (self.training or c.query_selection):
+            maps = self.dense_maps(features, memory)
+            dense = self.dense_head(maps)
         if c.anchor_queries:
             b = memory.shape[0]
             anchors = self.anchor_embed.weight[:n][None].expand(b, n, 4)
-            if c.query_selection:
-                anchors = self.selected_anchors(dense, anchors, groups, image_wh)
             content = self.label_embed.weight[-1].to(memory.dtype).expand(b, n, memory.shape[2])
+            if c.query_selection:
+                anchors, idx = self.selected_anchors(dense, anchors, groups, image_wh)
+                if c.selected_content:
+                    content = self.selected_queries(maps, idx, content, groups)
             if self.training and c.denoising and targets is not None:
                 dn = self.denoising_queries(targets, image_wh)
                 if dn is not None:
@@ -516,10 +531,10 @@ class SetDetector(DetectionModel):
             out["dense"] = dense
         return out
 
-    def selected_anchors(self, dense: dict[str, Tensor], learned: Tensor, groups: int, image_wh: Tensor) -> Tensor:
+    def selected_anchors(self, dense: dict[str, Tensor], learned: Tensor, groups: int, image_wh: Tensor) -> tuple[Tensor, Tensor]:
         """Query selection: ``learned (B, groups * Q, 4)`` inverse-sigmoid anchors with each group's
         first ``k = min(Q, S)`` replaced by the boxes of the dense head's ``k`` best-scoring locations
-        (detached, best first), the same for every group."""
+        (detached, best first), the same for every group; and those locations ``(B, k)``."""
         q = self.config.num_queries
         scores = dense["logits"].detach().float().amax(-1)  # (B, S)
         k = min(q, scores.shape[1])
@@ -532,7 +547,17 @@ class SetDetector(DetectionModel):
         b = learned.shape[0]
         per_group = learned.reshape(b, groups, q, 4)
         merged = torch.cat([selected[:, None].expand(b, groups, k, 4), per_group[:, :, k:]], 2)
-        return merged.reshape(b, groups * q, 4)
+        return merged.reshape(b, groups * q, 4), idx
+
+    def selected_queries(self, maps: list[Tensor], idx: Tensor, learned: Tensor, groups: int) -> Tensor:
+        """``learned (B, groups * Q, D)`` content with each group's first ``k`` queries replaced by the
+        projected, detached dense-head features at the selected locations ``idx (B, k)``."""
+        feats = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1).detach()  # (B, S, D), the dense head's order
+        picked = self.content_proj(feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[2]))).to(learned.dtype)
+        b, k, d = picked.shape
+        per_group = learned.reshape(b, groups, -1, d)
+        merged = torch.cat([picked[:, None].expand(b, groups, k, d), per_group[:, :, k:]], 2)
+        return merged.reshape(b, -1, d)
 
     def decode_anchors(
         self, content: Tensor, anchors: Tensor, memory: Tensor, memory_pos: Tensor | None, all_layers: bool, mask: Tensor | None, grid: tuple[Tensor, Tensor] | None = None
