@@ -133,3 +133,47 @@ def test_freeze_stages():
     assert all(p.requires_grad for name in ("layer2", "layer3", "layer4") for p in getattr(model, name).parameters())
     model.freeze_stages(0)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_random_resnet_trains_from_scratch_with_group_norm_and_loads_weights_only_with_frozen_bn(tmp_path):
+    """A random network's frozen BatchNorm normalizes nothing: a ResNet-50's stage outputs grow
+    stage by stage (std 0.5 to ~19 here); with GroupNorm they stay near 1. Pretrained weights load
+    only into the frozen-BatchNorm trunk, with a message that says why."""
+    from plaindet.errors import WeightsError
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        frozen = [f.std().item() for f in ResNet(50, norm="frozen_bn")(x)]
+        group = [f.std().item() for f in ResNet(50, norm="group")(x)]
+    assert frozen[-1] > 5 * frozen[0], frozen
+    assert all(0.5 < s < 2.0 for s in group), group
+    gn = ResNet(18, norm="group")
+    assert isinstance(gn.layer1[0].bn1, nn.GroupNorm) and gn.layer1[0].bn1.weight.requires_grad
+    assert [k for k in gn.state_dict() if "layer1.0" in k] == [k for k in ResNet(18).state_dict() if "layer1.0" in k and "running" not in k]
+    with pytest.raises(WeightsError, match="norm='group'"):
+        load_resnet_weights(gn, torchvision_like_state(18))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        ResNet(18, norm="batch")
+
+
+def test_set_detectors_resolve_the_backbone_norm_from_the_weights(tmp_path):
+    """No backbone weights: GroupNorm (saved in the config, so a reload rebuilds the same model);
+    with torchvision weights: frozen BatchNorm; a checkpoint config without the field (saved before
+    it existed, always frozen BatchNorm) rebuilds with frozen BatchNorm."""
+    import plaindet
+    from plaindet.config import to_dict
+    from plaindet.errors import ConfigError
+    from plaindet.models.factory import model_from_state
+
+    small = dict(num_classes=3, image_size=64, hidden_dim=32, ffn_dim=64, decoder_layers=1, encoder_layers=1, num_queries=4, heads=2)
+    scratch = plaindet.create_model("detr-r18", **small)
+    assert scratch.config.backbone_norm == "group" and isinstance(scratch.backbone.bn1, nn.GroupNorm)
+    torch.save(torchvision_like_state(18), tmp_path / "r18.pth")
+    pretrained = plaindet.create_model("detr-r18", backbone_weights=tmp_path / "r18.pth", **small)
+    assert pretrained.config.backbone_norm == "frozen_bn" and isinstance(pretrained.backbone.bn1, FrozenBatchNorm2d)
+    assert isinstance(model_from_state(to_dict(scratch.config), scratch.state_dict()).backbone.bn1, nn.GroupNorm)
+    old = {k: v for k, v in to_dict(pretrained.config).items() if k != "backbone_norm"}
+    assert isinstance(model_from_state(old, pretrained.state_dict()).backbone.bn1, FrozenBatchNorm2d)
+    with pytest.raises(ConfigError, match="BiT backbone always has GroupNorm"):
+        plaindet.create_model("detr-bit50", backbone_norm="group", **small)

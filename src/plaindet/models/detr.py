@@ -35,6 +35,7 @@ from plaindet.models.bit_weights import load_bit_weights
 from plaindet.models.head import DenseHead
 from plaindet.models.layers import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Attention, Mlp, Normalize
 from plaindet.models.registry import register_model
+from plaindet.models.resnet import NORMS as RESNET_NORMS
 from plaindet.models.resnet import ResNet, load_resnet_weights
 from plaindet.models.set_criterion import SetCriterion, SetLossConfig, pad_targets
 from plaindet.ops.boxes import cxcywh_to_xyxy
@@ -69,6 +70,7 @@ BACKBONES: dict[str, Backbone] = {
 # with: softmax classes, learned query embeddings, no query groups or denoising. Pass them to build a
 # model those weights load into: create_model("detr-r50", num_classes=91, **DETR_PAPER).
 DETR_PAPER: dict[str, Any] = {
+    "backbone_norm": "frozen_bn",
     "loss": {"classification": "softmax", "class_weight": 1.0},
     "anchor_queries": False,
     "spatial_prior": False,
@@ -261,7 +263,12 @@ class SetDetectorConfig(DetectionConfig):
     ResNet-v2 with weight-standardized convolutions and GroupNorm, inputs scaled to [-1, 1]).
     ``backbone_depth``: its depth (ResNet 18, 34, 50, 101, 152; BiT 50, 101). ``frozen_stages``:
     leading backbone units that do not train (stem = 1, stem + first stage = 2, ...); ``None`` is
-    resolved at build: 2 with pretrained backbone weights (DETR's recipe), 0 without. BiT's GroupNorm
+    resolved at build: 2 with pretrained backbone weights (DETR's recipe), 0 without.
+    ``backbone_norm`` (ResNet only): ``"frozen_bn"`` (DETR's, what pretrained weights expect) or
+    ``"group"`` (GroupNorm, to train from scratch: a random network's frozen BatchNorm normalizes
+    nothing, see :mod:`~plaindet.models.resnet`); ``None`` is resolved at build, ``"frozen_bn"``
+    with backbone weights and ``"group"`` without (a model rebuilt from a checkpoint that predates
+    the field reads ``None`` as ``"frozen_bn"``, what it was trained with). BiT's GroupNorm
     affine terms are parameters that freeze and train with their unit (the ResNet's BatchNorm terms
     are fixed buffers everywhere). The decoder: ``decoder_layers`` of width
     ``hidden_dim`` with ``heads`` heads and ``ffn_dim`` feed-forward channels, ``num_queries`` object
@@ -310,6 +317,7 @@ class SetDetectorConfig(DetectionConfig):
     backbone: str = "resnet"
     backbone_depth: int = 50
     frozen_stages: int | None = None
+    backbone_norm: str | None = None
     hidden_dim: int = 256
     heads: int = 8
     decoder_layers: int = 6
@@ -347,6 +355,10 @@ class SetDetectorConfig(DetectionConfig):
             raise ConfigError(f"backbone must be one of {', '.join(map(repr, BACKBONES))}, got {self.backbone!r}")
         if self.backbone == "bit" and self.backbone_depth not in BIT_LAYOUTS:
             raise ConfigError(f"a BiT backbone's depth must be one of {sorted(BIT_LAYOUTS)}, got backbone_depth={self.backbone_depth}")
+        if self.backbone_norm is not None and self.backbone_norm not in RESNET_NORMS:
+            raise ConfigError(f"backbone_norm must be one of {', '.join(map(repr, RESNET_NORMS))} or None, got {self.backbone_norm!r}")
+        if self.backbone == "bit" and self.backbone_norm is not None:
+            raise ConfigError("backbone_norm is the ResNet's; the BiT backbone always has GroupNorm and weight standardization")
         if self.frozen_stages is not None and not 0 <= self.frozen_stages <= 5:
             raise ValueError(f"frozen_stages must be 0 (nothing frozen) to 5 (stem and 4 stages), got {self.frozen_stages}")
 
@@ -356,6 +368,8 @@ class SetDetectorConfig(DetectionConfig):
         layout for ``"bit"``) are loaded with DETR's freezing: stem and first stage frozen once
         pretrained weights are loaded, nothing frozen for a random backbone (whose frozen features
         would be of no use). An explicit ``frozen_stages`` wins."""
+        if self.backbone == "resnet" and self.backbone_norm is None:
+            self.backbone_norm = "frozen_bn" if backbone_weights is not None else "group"
         model = self.model_class()(self)
         kind = BACKBONES[self.backbone]
         if backbone_weights is not None:
@@ -379,6 +393,8 @@ def build_backbone(config: SetDetectorConfig, num_stages: int = 4) -> nn.Module:
     """The backbone ``config`` names, with its first ``num_stages`` stages: ``forward`` returns their
     feature maps (strides 4, 8, 16, 32); ``channels``, ``num_stages`` and ``freeze_stages`` as
     :class:`~plaindet.models.resnet.ResNet` has them."""
+    if config.backbone == "resnet":
+        return ResNet(config.backbone_depth, num_stages, norm=config.backbone_norm or "frozen_bn")
     return BACKBONES[config.backbone].build(config.backbone_depth, num_stages)
 
 

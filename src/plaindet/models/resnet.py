@@ -5,9 +5,15 @@ conv2/bn2[, conv3/bn3]`` and ``downsample.0`` (1x1 conv), ``downsample.1`` (its 
 published ImageNet weights, and the ResNet part of the published DETR weights, load by name. The
 stride sits in the 3x3 convolution ("ResNet v1.5"), as in torchvision and DETR.
 
-BatchNorm is frozen (DETR's recipe): the running statistics and the affine parameters are buffers
-that never change. Detection batches are small (2 to 4 images per GPU), too small for batch
-statistics, and the ImageNet statistics are what the pretrained convolutions expect.
+BatchNorm is frozen (DETR's recipe, ``norm="frozen_bn"``): the running statistics and the affine
+parameters are buffers that never change. Detection batches are small (2 to 4 images per GPU), too
+small for batch statistics, and the ImageNet statistics are what the pretrained convolutions expect.
+
+A frozen BatchNorm of a *random* network normalizes nothing (mean 0, variance 1, scale 1): such a
+ResNet trained from scratch is an unnormalized deep network whose activations grow block by block.
+``norm="group"`` builds it with GroupNorm (32 groups, trainable affine terms), the normalization He, Girshick
+and Dollar ("Rethinking ImageNet Pre-training", 2019) showed detectors need to train from scratch
+with small batches. Its parameter names are the same, but torchvision's weights do not load into it.
 """
 
 from __future__ import annotations
@@ -61,20 +67,32 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+NORMS = ("frozen_bn", "group")
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """The normalization layer :class:`ResNet` uses: ``"frozen_bn"`` or ``"group"`` (32 groups)."""
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(32, channels)
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (ResNet-18/34). ``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``."""
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, width: int, stride: int = 1, norm: str = "frozen_bn") -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(width)
+        self.bn1 = make_norm(norm, width)
         self.conv2 = nn.Conv2d(width, out_channels, 3, padding=1, bias=False)
-        self.bn2 = FrozenBatchNorm2d(out_channels)
+        self.bn2 = make_norm(norm, out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _shortcut(in_channels, out_channels, stride)
+        self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -88,17 +106,17 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, width: int, stride: int = 1, norm: str = "frozen_bn") -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(width)
+        self.bn1 = make_norm(norm, width)
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = FrozenBatchNorm2d(width)
+        self.bn2 = make_norm(norm, width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(out_channels)
+        self.bn3 = make_norm(norm, out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _shortcut(in_channels, out_channels, stride)
+        self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -108,10 +126,10 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> nn.Sequential | None:
     if stride == 1 and in_channels == out_channels:
         return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), FrozenBatchNorm2d(out_channels))
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), make_norm(norm, out_channels))
 
 
 class ResNet(nn.Module):
@@ -121,14 +139,18 @@ class ResNet(nn.Module):
         depth: 18, 34, 50, 101 or 152.
         num_stages: build only ``layer1..layer{num_stages}`` (a model that reads stride 8 needs no
             ``layer3``/``layer4``; their pretrained weights are then skipped on load).
+        norm: ``"frozen_bn"`` (for pretrained weights) or ``"group"`` (to train from scratch), see
+            the module docstring.
 
     ``forward(x)``: ``x`` ``(B, 3, H, W)`` normalized float images; returns a list with the output of
     each built stage, ``layer{i}`` ``(B, channels[i-1], H / 2^(i+1), W / 2^(i+1))`` (strides 4, 8,
     16, 32).
     """
 
-    def __init__(self, depth: int = 50, num_stages: int = 4) -> None:
+    def __init__(self, depth: int = 50, num_stages: int = 4, norm: str = "frozen_bn") -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if depth not in RESNET_LAYOUTS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
         if not 1 <= num_stages <= 4:
@@ -136,8 +158,9 @@ class ResNet(nn.Module):
         kind, blocks = RESNET_LAYOUTS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.depth = depth
+        self.norm = norm
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = FrozenBatchNorm2d(64)
+        self.bn1 = make_norm(norm, 64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         in_channels = 64
@@ -148,7 +171,7 @@ class ResNet(nn.Module):
             stage = []
             for j in range(blocks[i]):
                 stride = 2 if (j == 0 and i > 0) else 1
-                stage.append(block(in_channels, width, stride))
+                stage.append(block(in_channels, width, stride, norm))
                 in_channels = width * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
             self.channels.append(in_channels)
@@ -189,6 +212,11 @@ def load_resnet_weights(resnet: ResNet, weights: Any) -> None:
     skipped; every tensor the trunk has must be present with the right shape, otherwise a
     :class:`~plaindet.errors.WeightsError` names what is wrong (a common cause: weights of a different depth).
     """
+    if resnet.norm != "frozen_bn":
+        raise WeightsError(
+            f"pretrained ResNet weights load into a ResNet with frozen BatchNorm, and this one has norm={resnet.norm!r} "
+            "(for training from scratch); build it with backbone_norm='frozen_bn', or pass the weights when building"
+        )
     state = read_state_dict(weights)
     built = set(resnet.state_dict())
     unused_stages = tuple(f"layer{i}." for i in range(resnet.num_stages + 1, 5))
