@@ -9,14 +9,17 @@ import torch
 import plaindet
 from plaindet.config import from_dict, to_dict
 from plaindet.models.deperceiver import DePerceiverConfig
+from plaindet.models.detr import DETR_PAPER
 from plaindet.models.resnet import ResNet
 
+# The published recipe's options (the convergence options off), so each test switches on what it tests.
+CLASSIC = {k: v for k, v in DETR_PAPER.items() if k != "backbone_norm"}
 TINY = dict(backbone_depth=18, hidden_dim=32, heads=4, num_latents=16, latent_layers=1, decoder_layers=2, ffn_dim=64, num_queries=10)
 
 
 def tiny(num_classes: int = 3, **overrides):
     torch.manual_seed(0)
-    return plaindet.create_model("deperceiver-r18", num_classes=num_classes, **{**TINY, **overrides})
+    return plaindet.create_model("deperceiver-r18", num_classes=num_classes, **{**TINY, **CLASSIC, **overrides})
 
 
 def random_targets(g: torch.Generator, counts: list[int], h: int, w: int, num_classes: int) -> list[dict]:

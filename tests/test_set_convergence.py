@@ -9,18 +9,20 @@ import pytest
 import torch
 
 import plaindet
-from plaindet.models.detr import sigmoid_set_detections
+from plaindet.models.detr import DETR_PAPER, sigmoid_set_detections
 from plaindet.models.set_criterion import SetCriterion, SetLossConfig
 from plaindet.ops.boxes import cxcywh_to_xyxy
 from plaindet.ops.losses import focal_cost
 
+# The published recipe's options (the convergence options off), so each test switches on what it tests.
+CLASSIC = {k: v for k, v in DETR_PAPER.items() if k != "backbone_norm"}
 TINY = dict(backbone_depth=18, hidden_dim=32, heads=4, encoder_layers=1, decoder_layers=2, ffn_dim=64, num_queries=6, dropout=0.0)
 SIZE = 64
 
 
 def tiny(**overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    return plaindet.create_model("detr-r18", num_classes=3, image_size=SIZE, **{**TINY, **overrides})
+    return plaindet.create_model("detr-r18", num_classes=3, image_size=SIZE, **{**TINY, **CLASSIC, **overrides})
 
 
 def targets() -> list[dict]:
@@ -324,3 +326,16 @@ def test_the_inference_options_export_and_match_pytorch(name, tmp_path):
     path = export_onnx(model, tmp_path / "model.onnx", dynamic_batch=True)
     parity = onnx_parity(model, path, images())
     assert parity["scores"] < 1e-4 and parity["boxes"] < 1e-3, parity
+
+
+def test_the_convergence_options_are_the_default_and_detr_paper_turns_them_off():
+    """Every set detector starts with focal classes, anchor queries, the dense head and query
+    selection (what made detr-r18 learn at all); DETR_PAPER gives the published recipe back."""
+    from plaindet.models.factory import model_config
+
+    for name in ("detr-r18", "detr-r50", "detr-bit50", "deperceiver-r18", "deperceiver-r50"):
+        c = model_config(name)
+        assert (c.loss.classification, c.anchor_queries, c.dense_aux, c.query_selection) == ("focal", True, True, True), name
+    paper = model_config("detr-r50", **DETR_PAPER)
+    assert (paper.loss.classification, paper.anchor_queries, paper.dense_aux, paper.query_selection) == ("softmax", False, False, False)
+    assert paper.backbone_norm == "frozen_bn"
