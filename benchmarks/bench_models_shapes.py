@@ -33,12 +33,13 @@ import torch
 LR = {"plaindet": 1e-3, "detr": 1e-4, "deperceiver": 1e-4, "patchtok": 3e-4}  # per family
 SMALL = ["plaindet-t", "detr-r18", "deperceiver-r18", "patchtok-ti"]  # the default: one per family
 SET_FAMILIES = ("detr", "deperceiver")
-# Each set-prediction convergence option, switched off (the model config's fields).
+# Each set-prediction convergence option on by default, switched off (with what depends on it).
 ABLATIONS = {
     "softmax classes": {"loss": {"classification": "softmax", "class_weight": 1.0}},
-    "no anchor queries": {"anchor_queries": False, "denoising": 0},
-    "no query groups": {"query_groups": 1},
-    "no denoising": {"denoising": 0},
+    "no query selection": {"query_selection": False},
+    "no dense head": {"dense_aux": False, "query_selection": False},
+    "no anchor queries": {"anchor_queries": False, "query_selection": False},
+    "frozen BN": {"backbone_norm": "frozen_bn"},
 }
 
 
