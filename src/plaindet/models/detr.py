@@ -317,7 +317,8 @@ class SetDetectorConfig(DetectionConfig):
       the dense head read at their location (detached, through a linear layer and LayerNorm), as
       RT-DETR and Deformable DETR's two-stage variant start them, instead of one learned embedding
       shared by every query: a query knows what it looks at before its first cross-attention, so
-      the class need not be found by attention alone.
+      the class need not be found by attention alone. Off: memorizing 16 coco128 images it was
+      behind without it (AP50 0.041 against 0.165 at epoch 90, README "Every family").
     """
 
     name: str = "detr"
