@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -14,7 +15,9 @@ import plaindet
 from plaindet.data import load_dataset
 from plaindet.engine.train import lr_factor, param_groups, train
 from plaindet.engine.train_config import TrainConfig
+from plaindet.errors import CheckpointError
 from plaindet.ops.boxes import box_iou
+from plaindet.weights import read_safetensors
 
 
 def test_one_epoch_writes_a_complete_run(tmp_path, tiny_shapes, capsys):
@@ -58,6 +61,17 @@ def test_one_epoch_writes_a_complete_run(tmp_path, tiny_shapes, capsys):
         model = plaindet.load(out / name)
         assert model.config.class_names == ["circle", "square", "triangle"]
         assert model.config.image_size == 64
+
+    # best is the deployable file: the evaluated (EMA) weights and the config, as model.save writes
+    # them, not a training state; last (the same epoch here) resumes and loads to the same weights.
+    best_state, best_meta = read_safetensors(out / "best.safetensors")
+    assert best_meta["format"] == "plaindet-detector" and "train_state" not in best_meta
+    assert json.loads(best_meta["metrics"])["AP"] == record["AP"]
+    deployed = plaindet.load(out / "last.safetensors").state_dict()
+    assert best_state.keys() == deployed.keys() and all(torch.equal(best_state[k], deployed[k]) for k in deployed)
+    assert (out / "best.safetensors").stat().st_size < 0.3 * (out / "last.safetensors").stat().st_size
+    with pytest.raises(CheckpointError, match="--resume needs last.safetensors"):
+        train(dataclasses.replace(cfg, resume=str(out / "best.safetensors"), epochs=2))
     val = load_dataset(tiny_shapes, split="valid")
     detections = model.predict(val.samples[0].image_path, threshold=0.0)
     assert len(detections) == model.config.max_detections

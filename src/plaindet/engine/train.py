@@ -6,10 +6,13 @@ A run folder gets:
 
 - ``config.yaml``: the resolved :class:`TrainConfig`, the model config and the plaindet version;
   ``plaindet train --config run/config.yaml`` repeats the run.
-- ``last.safetensors`` (every epoch, every ``save_every_steps`` steps and on SIGINT/SIGTERM),
-  ``best.safetensors`` (highest validation AP) and ``epoch_NNNN.safetensors`` (every ``save_every``
-  epochs): full training states (see :mod:`plaindet.engine.train_state`), each loadable
-  with :func:`plaindet.load` and resumable with ``--resume``.
+- ``last.safetensors`` (every epoch, every ``save_every_steps`` steps and on SIGINT/SIGTERM) and
+  ``epoch_NNNN.safetensors`` (every ``save_every`` epochs): full training states (see
+  :mod:`plaindet.engine.train_state`), each loadable with :func:`plaindet.load` and resumable with
+  ``--resume``.
+- ``best.safetensors`` (highest validation AP): the deployable weights only, the EMA the run
+  evaluated and the model config (``model.save``'s format, a quarter of a training state), the
+  file to predict with, export and share; it does not resume.
 - ``backbone.safetensors`` when the backbone is frozen (pretrained weights, LoRA or neck-only
   recipes): the backbone, stored once; the checkpoints then hold only what trains and find it by
   its hash (``backbone_store``, see :mod:`plaindet.engine.backbone_store`).
@@ -507,7 +510,7 @@ class _Run:
         if self.world.is_main:
             if record.get("AP") is not None and record["AP"] >= p.best.get("AP", -1.0):
                 p.best = dict(record)
-                self.save(self.out / "best.safetensors")  # before last: a kill in between re-runs this epoch
+                self.save_best()  # before last: a kill in between re-runs this epoch
             self.runlog.epoch(record)
             if not self.save(self.out / "last.safetensors") and finished:
                 raise OSError(f"training finished but {self.out / 'last.safetensors'} could not be written; see the error above")
@@ -552,6 +555,20 @@ class _Run:
             log.error("could not write %s (%s); the previous %s is intact", path, e.strerror or e, path.name)
             return False
 
+    def save_best(self) -> bool:
+        """Write ``best.safetensors``: the evaluated weights (EMA) and config, nothing to resume with
+        (main process only); a failed write keeps the old file."""
+        from plaindet.engine.train_state import save_deployable
+
+        path = self.out / "best.safetensors"
+        self._check_backbone_frozen()
+        try:
+            save_deployable(path, self.final, backbone=self.backbone, record=self.progress.best)
+            return True
+        except OSError as e:
+            log.error("could not write %s (%s); the previous %s is intact", path, e.strerror or e, path.name)
+            return False
+
     def _check_backbone_frozen(self) -> None:
         """A checkpoint that leaves the backbone out is only right if the backbone is still the one
         recorded; hashing it costs about what writing it would (a second for a ViT-B), once per save."""
@@ -572,7 +589,7 @@ class _Run:
         if self.runlog is not None:
             if not p.best:
                 p.best = dict(self.record)
-                self.save(self.out / "best.safetensors")
+                self.save_best()
             self.runlog.plot()
             self.runlog.close()
         return broadcast(p.best or self.record, self.world)
