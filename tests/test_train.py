@@ -158,3 +158,21 @@ def test_trained_model_finds_objects_without_duplicates(tmp_path):
             found += int(((gt_iou > 0.5) & same).any(1).sum())
     # Not vacuous: most objects are found above the threshold.
     assert found >= 0.8 * total, f"found {found} of {total} objects"
+
+
+def _small(tiny_shapes, out, **kw) -> TrainConfig:
+    """A 2-block plaindet-t at 64 px: four batches of 4 an epoch on the 16 training images."""
+    options = dict(data=str(tiny_shapes), val_split="valid", out=str(out), epochs=1, batch_size=4, image_size=64, amp="off", warmup_steps=2,
+                   model_overrides={"neck_channels": 32, "backbone": {"depth": 2}})  # fmt: skip
+    return TrainConfig(**{**options, **kw})
+
+
+def test_output_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, tiny_shapes, capsys):
+    train(_small(tiny_shapes, tmp_path / "run", epochs=2, log_every=2, eval_every=0))
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err + captured.out  # no bar redraws in a log file
+    lines = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert [re.match(r"epoch (\d)/2  batch (\d)/4  loss \d+\.\d{3}  lr \S+  \(\d+s, \d+\.\d\d s/batch\)$", line).groups() for line in lines] == [
+        ("1", "2"), ("1", "4"), ("2", "2"), ("2", "4"),
+    ], captured.err  # fmt: skip
+    assert len(re.findall(r"^epoch \d/2  loss", captured.out, re.MULTILINE)) == 2  # one summary line an epoch

@@ -35,6 +35,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -385,15 +386,20 @@ class _Run:
     # --- one epoch of steps ---
 
     def epoch_batches(self, epoch: int):
-        """``(index, batch)`` of ``epoch``, from where a resumed run stopped; shows a progress bar."""
+        """``(index, batch)`` of ``epoch``, from where a resumed run stopped; shows a progress bar on a
+        terminal, plain lines now and then otherwise (a log file: see :class:`~plaindet.engine.logs.ProgressLines`)."""
         from tqdm.auto import tqdm
+
+        from plaindet.engine.logs import ProgressLines
 
         first = self.progress.batch if epoch == self.progress.epoch else 0
         self.net.train()
         self.loader.set_epoch(epoch, start_batch=first)
-        self._bar = tqdm(
-            total=len(self.loader), initial=first, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True, disable=not self.world.is_main
-        )
+        desc = f"epoch {epoch + 1}/{self.cfg.epochs}"
+        if self.world.is_main and not sys.stderr.isatty():
+            self._bar = ProgressLines(total=len(self.loader), initial=first, desc=desc, every=self.cfg.log_every)
+        else:
+            self._bar = tqdm(total=len(self.loader), initial=first, desc=desc, leave=False, dynamic_ncols=True, disable=not self.world.is_main)
         try:
             for i, batch in enumerate(self.loader, start=first):
                 yield i, batch

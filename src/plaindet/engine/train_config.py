@@ -105,6 +105,7 @@ class TrainConfig:
     max_steps: int = setting(0, help="Stop after N optimizer steps (0: no limit).")
     time_limit: float = setting(0.0, help="Stop after this many minutes, then evaluate and save (0: no limit).")
     tensorboard: bool = setting(False, help="Write TensorBoard events (extra: tensorboard).")
+    log_every: int = setting(0, help="Output not a terminal (a log file): a progress line every N batches instead of a bar (0: every 30 s).")
     device: str = setting("", help="cpu, cuda, cuda:1 (default: cuda if available).")
     shapes_train: int = setting(2000, help="--data shapes: training images.")
     shapes_val: int = setting(200, help="--data shapes: validation images.")
@@ -129,7 +130,7 @@ class TrainConfig:
 
 
 # Settings a resumed run may change: how long it runs and how it reports, never what it computes.
-RESUME_OVERRIDABLE = ("out", "epochs", "max_steps", "time_limit", "eval_every", "save_every", "save_every_steps", "workers", "tensorboard", "max_bad_steps", "device")
+RESUME_OVERRIDABLE = ("out", "epochs", "max_steps", "time_limit", "eval_every", "save_every", "save_every_steps", "workers", "tensorboard", "log_every", "max_bad_steps", "device")
 
 
 def resolve_config(given: dict[str, Any], config_file: str | Path | None = None, sets: dict[str, Any] | None = None) -> TrainConfig:
