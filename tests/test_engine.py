@@ -98,7 +98,7 @@ def test_checkpoint_is_loadable_and_holds_ema_and_raw_weights(tiny_shapes, tmp_p
     out = tmp_path / "run"
     train(_cfg(tiny_shapes, out, epochs=1, ema_decay=0.9))
     ckpt = TrainState(out / "last.safetensors")
-    assert ckpt.progress == {"epoch": 1, "batch": 0, "step": 4, "best": ckpt.progress["best"], "bad_steps": 0}
+    assert ckpt.progress == {"epoch": 1, "batch": 0, "step": 4, "best": ckpt.progress["best"], "bad_steps": 0, "schedule_steps": 4, "elapsed": ckpt.progress["elapsed"]}
     assert any(k.startswith("ema.") for k in ckpt.tensors) and any(k.startswith("optim.") for k in ckpt.tensors)
     model = plaindet.load(out / "last.safetensors")  # the deployable view: EMA weights
     ema = ckpt.inference_weights()

@@ -176,3 +176,43 @@ def test_output_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, tiny_
         ("1", "2"), ("1", "4"), ("2", "2"), ("2", "4"),
     ], captured.err  # fmt: skip
     assert len(re.findall(r"^epoch \d/2  loss", captured.out, re.MULTILINE)) == 2  # one summary line an epoch
+
+
+def _lrs(run) -> list[float]:
+    return [json.loads(line)["lr"] for line in (run / "steps.jsonl").read_text().splitlines()]
+
+
+def test_a_run_cut_short_says_why_and_its_schedule_ends_where_it_stops(tmp_path, tiny_shapes, capsys):
+    out = tmp_path / "steps"
+    train(_small(tiny_shapes, out, epochs=5, max_steps=6, eval_every=0))
+    printed = capsys.readouterr().out
+    assert re.search(r"^epoch 2/5  loss \S+  \(\d+s\)  stopped: max_steps 6 reached at step 6 after batch 2 of 4$", printed, re.MULTILINE), printed
+    assert _lrs(out) == pytest.approx([1e-3 * lr_factor(s, 6, 2, 0.05) for s in range(6)])  # the schedule spans the 6 steps, not 5 epochs
+
+
+def test_a_time_limit_fits_the_schedule_from_the_first_steps_speed(tmp_path, tiny_shapes, capsys, caplog, monkeypatch):
+    """A clock that advances 1 s per optimizer step, and none otherwise: a 0.5 minute limit then
+    fits 30 steps, which the first 10 steps' speed tells; the run stops after the step that passes it."""
+    import types
+
+    import plaindet.engine.train as engine
+
+    clock = [1000.0]
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    step = engine._Run.optimizer_step
+
+    def timed_step(run, *args):
+        step(run, *args)
+        clock[0] += 1.0
+
+    monkeypatch.setattr(engine._Run, "optimizer_step", timed_step)
+    out = tmp_path / "time"
+    with caplog.at_level("INFO", logger="plaindet"):
+        train(_small(tiny_shapes, out, epochs=20, time_limit=0.5, eval_every=0, warmup_steps=2))
+    assert "time limit 0.5 min: about 30 steps fit at 1.00 s/step (measured over steps 2-11); the learning-rate schedule ends at step 30" in caplog.text
+    printed = capsys.readouterr().out
+    assert re.search(r"^epoch 8/20  loss \S+  \(31s\)  stopped: time limit of 0.5 min reached at step 31 after batch 3 of 4$", printed, re.MULTILINE), printed
+    lrs = _lrs(out)
+    assert len(lrs) == 31
+    assert lrs[10] == pytest.approx(1e-3 * lr_factor(10, 80, 2, 0.05))  # before the estimate: the 20 epochs' schedule
+    assert lrs[11:] == pytest.approx([1e-3 * lr_factor(s, 30, 2, 0.05) for s in range(11, 31)]) and lrs[30] == pytest.approx(1e-3 * 0.05)
