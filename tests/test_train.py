@@ -216,3 +216,23 @@ def test_a_time_limit_fits_the_schedule_from_the_first_steps_speed(tmp_path, tin
     assert len(lrs) == 31
     assert lrs[10] == pytest.approx(1e-3 * lr_factor(10, 80, 2, 0.05))  # before the estimate: the 20 epochs' schedule
     assert lrs[11:] == pytest.approx([1e-3 * lr_factor(s, 30, 2, 0.05) for s in range(11, 31)]) and lrs[30] == pytest.approx(1e-3 * 0.05)
+
+
+def test_validation_in_bf16_training_predicts_exactly_what_eval_of_best_does(tmp_path, tiny_shapes, monkeypatch):
+    """Training under bf16 autocast validates in fp32 through predict: every image's every detection
+    (boxes, scores, classes) equals what ``plaindet eval --weights best.safetensors`` computes, so
+    the two APs are one number (compared per detection, not as APs near 0)."""
+    import plaindet.engine.evaluate as evaluate_module
+    from plaindet.detections import predict_dataset
+    from plaindet.engine.evaluate import evaluate
+
+    seen = []
+    real = evaluate_module.evaluate_coco
+    monkeypatch.setattr(evaluate_module, "evaluate_coco", lambda dataset, results: seen.append(results) or real(dataset, results))
+    out = tmp_path / "run"
+    best = train(_small(tiny_shapes, out, epochs=1, amp="bf16"))
+    (during,) = seen
+    after = evaluate(tiny_shapes, "valid", weights=out / "best.safetensors", batch_size=4)
+    assert after.results == during and len(during) == 8 * 100
+    assert after.metrics.stats["AP"] == best["AP"]
+    assert during == predict_dataset(plaindet.load(out / "last.safetensors"), load_dataset(tiny_shapes, split="valid"), batch_size=4)

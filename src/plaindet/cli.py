@@ -244,7 +244,9 @@ def eval_cmd(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="COCO results JSON, in the dataset's own ids."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A saved model to run instead: .safetensors or .onnx."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="With --weights: long side at inference (default: the model's)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="With --weights."),
+    batch_size: int = typer.Option(
+        8, "--batch-size", min=1, help="With --weights: images per batch, padded to the largest (training validates with its own --batch-size)."
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="With --weights: cpu, cuda, cuda:1 (default: cuda if available)."),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="With --weights: keep the COCO results here."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the metrics as JSON here."),
