@@ -20,7 +20,7 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,14 +46,23 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     The temporary file lives in the same folder (a rename is only atomic within one file system) and
     is fsynced before the rename, so a crash at any instant leaves either the old file or the new
     one, never a torn file. On failure (a full disk, say) the temporary file is removed and the
-    previous file is left untouched.
+    previous file is left untouched. The file gets the mode any new file gets (0666 less the
+    umask), not ``tempfile.mkstemp``'s owner-only 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # created as open() would: the umask applies
+            break
+        except FileExistsError:
+            continue
+    mode = os.stat(tmp).st_mode & 0o777
     try:
         write(tmp)
+        if os.stat(tmp).st_mode & 0o777 != mode:  # a writer that replaced the file (safetensors does, with 0600)
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
