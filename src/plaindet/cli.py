@@ -105,11 +105,16 @@ def data_convert(
     src: Path = typer.Argument(..., help="Dataset to convert (any supported format, or 'shapes')."),
     to: str = typer.Option(..., "--to", help="Target format: coco or yolo."),
     out: Path = typer.Argument(..., help="Output folder (new or empty)."),
+    copy: bool = typer.Option(False, "--copy", help="Copy the images instead of hard-linking them to the source's files."),
 ) -> None:
-    """Convert a dataset losslessly between formats, all splits (plaindet.data.convert.run_convert)."""
+    """Convert a dataset losslessly between formats, all splits (plaindet.data.convert.run_convert).
+
+    Images are hard-linked where the file system allows (no extra space; the output shares the
+    source's image files, so editing one in place edits both), else copied; --copy always copies.
+    """
     from plaindet.data.convert import run_convert
 
-    raise typer.Exit(run_convert(src, to, out))
+    raise typer.Exit(run_convert(src, to, out, copy=copy))
 
 
 @data_app.command("show")
