@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import re
@@ -236,3 +237,31 @@ def test_validation_in_bf16_training_predicts_exactly_what_eval_of_best_does(tmp
     assert after.results == during and len(during) == 8 * 100
     assert after.metrics.stats["AP"] == best["AP"]
     assert during == predict_dataset(plaindet.load(out / "last.safetensors"), load_dataset(tiny_shapes, split="valid"), batch_size=4)
+
+
+def test_a_resumed_run_numbers_epochs_as_its_bar_does_and_its_time_adds_up(tmp_path, tiny_shapes, capsys, caplog, monkeypatch):
+    """A clock that advances 1 s per optimizer step: the resumed run's epoch 2 ends 8 s into the run
+    (4 steps before the resume, 4 after), not 4 s; the resume message says epoch 2 as the bar does."""
+    import types
+
+    import plaindet.engine.train as engine
+
+    clock = [1000.0]
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    step = engine._Run.optimizer_step
+
+    def timed_step(run, *args):
+        step(run, *args)
+        clock[0] += 1.0
+
+    monkeypatch.setattr(engine._Run, "optimizer_step", timed_step)
+    out = tmp_path / "run"
+    train(_small(tiny_shapes, out, epochs=1, eval_every=0, log_every=4))
+    clock[0] += 100.0  # time between the two processes is not training time
+    with caplog.at_level("INFO", logger="plaindet"):
+        train(_small(tiny_shapes, out, epochs=2, eval_every=0, log_every=4, resume="auto"))
+    assert f"resuming {out / 'last.safetensors'}: start of epoch 2/2, step 4" in caplog.text
+    err = capsys.readouterr().err
+    assert re.findall(r"^(epoch \d/\d)  batch 4/4", err, re.MULTILINE) == ["epoch 1/1", "epoch 2/2"]
+    with open(out / "metrics.csv", newline="") as f:
+        assert [(row["epoch"], row["time"]) for row in csv.DictReader(f)] == [("1", "4.0"), ("2", "8.0")]

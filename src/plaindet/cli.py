@@ -357,7 +357,7 @@ def export_cmd(
 @app.command("benchmark")
 def benchmark_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="A registered model (random weights)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="A saved model, instead of --model."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A saved model, instead of --model (the table names its model and file)."),
     size: int = typer.Option(640, "--size", min=32, help="Square input side."),
     batch: int = typer.Option(1, "--batch", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: all CPUs)."),
@@ -382,7 +382,7 @@ def benchmark_cmd(
         warmup=warmup, compare=compare, calib_data=None if calib_data is None else str(calib_data), workdir=keep_onnx,
         log=lambda message: typer.echo(message, err=True),
     )  # fmt: skip
-    typer.echo(format_table(rows, size=size, threads=threads))
+    typer.echo(format_table(rows, size=size, threads=threads, weights=weights))
 
 
 def main() -> None:

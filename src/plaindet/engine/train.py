@@ -169,6 +169,14 @@ def _find_resume(cfg: TrainConfig) -> Path | None:
 PROBE_STEPS = 10
 
 
+def _position(progress: dict, epochs: int) -> str:
+    """Where a checkpoint's run stands, numbered as the progress bar and the epoch lines are (from 1)."""
+    epoch, batch, step = progress["epoch"] + 1, progress["batch"], progress["step"]
+    if batch:
+        return f"epoch {epoch}/{epochs} after its batch {batch}, step {step}"
+    return f"start of epoch {epoch}/{epochs}, step {step}" if epoch <= epochs else f"finished ({epochs} epochs), step {step}"
+
+
 @dataclass
 class Progress:
     """Where a run is: ``epoch`` (0-based, the one in progress or next), ``batch`` (batches of it
@@ -250,7 +258,7 @@ class _Run:
         ckpt = TrainState(resume_path) if resume_path is not None else None
         if ckpt is not None:
             cfg = resumed_config(cfg, ckpt.train_config)
-            log.info("resuming %s at epoch %d, step %d", resume_path, ckpt.progress["epoch"], ckpt.progress["step"])
+            log.info("resuming %s: %s", resume_path, _position(ckpt.progress, cfg.epochs))
         self.cfg, self.world, self.out = cfg, world, Path(cfg.out)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
