@@ -49,6 +49,36 @@ def test_help_lists_the_commands():
         assert re.search(rf"^\W*{command}\s", result.output, re.MULTILINE), command
 
 
+HELP_COMMANDS = [["train"], ["distill"], ["predict"], ["eval"], ["export"], ["benchmark"], ["demo"], ["data", "check"], ["data", "convert"], ["data", "show"]]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)
+def test_help_at_80_columns_shows_whole_option_names_defaults_and_descriptions(command):
+    from typer.main import get_command
+
+    click_command = get_command(app)
+    for name in command:
+        click_command = click_command.commands[name]
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert max(len(line) for line in text.splitlines()) <= 80 and "\u2026" not in text, text  # nothing cut
+    options = text[text.index("Options:") :]
+    assert "<list[" not in options and "<bool>" not in options and "[default: (" not in options, options
+    words = " ".join(text.split())
+    for param in click_command.params:
+        if param.param_type_name != "option":
+            continue
+        assert param.help, f"{param.opts} has no description"
+        for opt in [*param.opts, *param.secondary_opts]:
+            assert re.search(rf"(^|[\s/,]){re.escape(opt)}([\s/,=]|$)", text, re.MULTILINE), (opt, text)
+    if command == ["train"]:
+        for help_text, default in [("Passes over the training split.", 12), ("Peak learning rate (AdamW).", 0.001),
+                                   ("Global batch (split over torchrun processes).", 8), ("Long side of the training images.", 640)]:  # fmt: skip
+            assert f"{help_text} [default: {default}]" in words, words
+        assert "--set KEY=VALUE" in text
+
+
 def test_models_lists_every_model_with_its_size():
     result = invoke("models")
     assert result.exit_code == 0, result.output

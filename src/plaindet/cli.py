@@ -47,9 +47,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help (click's layout): at 80 columns rich's boxed table left the descriptions 22 columns
+    # and cut long words; click wraps them under an option name too long for its column.
+    rich_markup_mode=None,
     context_settings={"max_content_width": 120},
 )
-data_app = typer.Typer(cls=_Commands, help="Check, convert and look at datasets.", no_args_is_help=True)
+data_app = typer.Typer(cls=_Commands, help="Check, convert and look at datasets.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
@@ -91,7 +94,7 @@ def _with_options(params: list, command: Callable) -> Callable:
 @data_app.command("check")
 def data_check(
     path: Path = typer.Argument(..., help="Dataset: COCO JSON file or folder, YOLO yaml, VOC folder, or 'shapes'."),
-    split: Optional[list[str]] = typer.Option(None, "--split", help="Split(s) to check (default: all found)."),
+    split: Optional[list[str]] = typer.Option(None, "--split", metavar="<str>", help="A split to check, repeatable (default: all found)."),
     max_problems: int = typer.Option(50, help="How many problems to list per split (all are counted)."),
 ) -> None:
     """Report images, boxes and problems per split; exit 1 when errors are found (plaindet.data.check.run_check)."""
@@ -152,8 +155,8 @@ def _parse_sets(items: list[str] | None) -> dict:
 
 
 def train_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", help="A YAML config (a run's config.yaml repeats that run); options given here override it."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any TrainConfig field: --set key=value (YAML value), repeatable."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="YAML", help="A YAML config (a run's config.yaml repeats that run); options given here override it."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Any TrainConfig field: --set key=value (YAML value), repeatable."),
     **options: Any,
 ) -> None:
     """Train a detector. Settings come from TrainConfig's defaults, then --config, then the options given,
@@ -174,7 +177,7 @@ def train_cmd(
 
 
 def distill_cmd(
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any TrainConfig field: --set key=value (YAML value), repeatable."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Any TrainConfig field: --set key=value (YAML value), repeatable."),
     **options: Any,
 ) -> None:
     """Train a student (--model) on a trained teacher's predictions on labeled and unlabeled images
@@ -217,7 +220,7 @@ def predict_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for drawn images, predictions.json and images.json."),
     threshold: float = typer.Option(0.3, "--threshold", min=0.0, max=1.0, help="Minimum score of a kept detection."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="Long side at inference (default: the model's)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch, padded to the largest."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)."),
 ) -> None:
     """Detect objects in images; draw them and write COCO results (plaindet.detections.predict_to_folder).
@@ -310,7 +313,7 @@ def demo_cmd(
 @app.command("export")
 def export_cmd(
     weights: list[Path] = typer.Option(
-        ..., "--weights", help="A saved model (.safetensors from training or save()); give it several times for a group on one backbone."
+        ..., "--weights", metavar="<path>", help="A saved model (.safetensors from training or save()); give it several times for a group on one backbone."
     ),
     format: str = typer.Option("onnx", "--format", help="Export format: onnx."),
     out: Optional[Path] = typer.Option(None, "--out", help="The file to write (default: next to the weights, .onnx)."),
@@ -359,7 +362,7 @@ def benchmark_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="A registered model (random weights)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A saved model, instead of --model (the table names its model and file)."),
     size: int = typer.Option(640, "--size", min=32, help="Square input side."),
-    batch: int = typer.Option(1, "--batch", min=1),
+    batch: int = typer.Option(1, "--batch", min=1, help="Images per timed call."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: all CPUs)."),
     runs: int = typer.Option(10, "--runs", min=1, help="Timed runs per backend."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed runs before them."),
