@@ -159,9 +159,10 @@ def test_predict_writes_drawn_images_and_coco_results(trained_run, tiny_shapes, 
     assert [e["id"] for e in entries] == list(range(9))
     assert [e["file_name"] for e in entries] == [str(p) for p in images + [images[2]]]
     assert all((e["width"], e["height"]) == (320, 320) for e in entries)
-    drawn = sorted(p.name for p in out.glob("*.png"))
-    assert drawn == sorted([f"{p.stem}.png" for p in images] + [f"{images[2].stem}_8.png"])
-    assert Image.open(out / drawn[0]).size == (320, 320)
+    drawn = sorted(p.name for p in out.glob("*.jpg"))  # JPEG inputs are drawn as JPEG
+    assert drawn == sorted([f"{p.stem}.jpg" for p in images] + [f"{images[2].stem}_8.jpg"])
+    assert [e["drawn"] for e in entries] == [f"{p.stem}.jpg" for p in images] + [f"{images[2].stem}_8.jpg"]
+    assert Image.open(out / drawn[0]).size == (320, 320) and Image.open(out / drawn[0]).format == "JPEG"
 
     results = json.loads((out / "predictions.json").read_text())
     model = plaindet.load(weights)
@@ -181,7 +182,7 @@ def test_predict_threshold_filters(trained_run, tiny_shapes, tmp_path):
     result = invoke("predict", image, "--weights", trained_run / "last.safetensors", "--out", tmp_path, "--threshold", 1.0)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "predictions.json").read_text()) == []
-    assert (tmp_path / f"{image.stem}.png").is_file()
+    assert (tmp_path / f"{image.stem}.jpg").is_file()
 
 
 def test_eval_with_weights_equals_eval_of_its_predictions(trained_run, tiny_shapes, tmp_path):

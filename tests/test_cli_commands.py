@@ -203,8 +203,8 @@ def test_data_convert_and_show(tiny_shapes, tmp_path):
 
     result = invoke("data", "show", tmp_path / "yolo", "--out", tmp_path / "show", "--n", 3, "--split", "val", "--seed", 1)
     assert result.exit_code == 0, result.output
-    drawn = sorted(p.name for p in (tmp_path / "show").glob("*.png"))
-    assert len(drawn) == 4 and "grid.png" in drawn
+    drawn = sorted(p.name for p in (tmp_path / "show").iterdir())
+    assert len(drawn) == 4 and "grid.png" in drawn and sum(n.endswith(".jpg") for n in drawn) == 3
     assert_user_error(invoke("data", "show", tmp_path / "nowhere", "--out", tmp_path / "s2"), "nowhere")
     assert_user_error(invoke("data", "show", tmp_path / "yolo", "--out", tmp_path / "s3", "--split", "nosuch"), "nosuch")
 
@@ -305,7 +305,7 @@ def test_predict_with_onnx_weights_writes_what_the_pytorch_model_does(trained_ru
     assert [(r["image_id"], r["category_id"]) for r in ours] == [(r["image_id"], r["category_id"]) for r in pt]
     np.testing.assert_allclose([r["bbox"] for r in ours], [r["bbox"] for r in pt], atol=1e-3)
     assert json.loads((tmp_path / "onnx" / "images.json").read_text()) == json.loads((tmp_path / "pt" / "images.json").read_text())
-    assert len(list((tmp_path / "onnx").glob("*.png"))) == 8
+    assert len(list((tmp_path / "onnx").glob("*.jpg"))) == 8
 
 
 def test_predict_runs_the_batch_size_given(trained_run, tiny_shapes, tmp_path):

@@ -91,6 +91,9 @@ def _with_options(params: list, command: Callable) -> Callable:
 # data
 
 
+_FORMAT_HELP = "Drawn images: auto (JPEG for JPEG inputs, else PNG), png or jpg."
+
+
 @data_app.command("check")
 def data_check(
     path: Path = typer.Argument(..., help="Dataset: COCO JSON file or folder, YOLO yaml, VOC folder, or 'shapes'."),
@@ -123,15 +126,16 @@ def data_convert(
 @data_app.command("show")
 def data_show(
     path: Path = typer.Argument(..., help="Dataset (any supported format, or 'shapes')."),
-    out: Path = typer.Option(..., "--out", help="Folder for the rendered PNGs."),
+    out: Path = typer.Option(..., "--out", help="Folder for the drawn images."),
     n: int = typer.Option(16, "--n", min=0, help="Number of samples to render."),
     split: str = typer.Option("train", "--split", help="The split to draw samples from."),
     seed: int = typer.Option(0, "--seed", help="Which samples: a seeded random choice."),
+    format: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
 ) -> None:
     """Render labeled samples so you can see that the labels are right (plaindet.viz.run_show)."""
     from plaindet.viz import run_show
 
-    raise typer.Exit(run_show(path, out, n=n, split=split, seed=seed))
+    raise typer.Exit(run_show(path, out, n=n, split=split, seed=seed, format=format))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -222,18 +226,19 @@ def predict_cmd(
     image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="Long side at inference (default: the model's)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch, padded to the largest."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)."),
+    format: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
 ) -> None:
     """Detect objects in images; draw them and write COCO results (plaindet.detections.predict_to_folder).
 
-    Writes OUT/<image name>.png with the boxes drawn, OUT/predictions.json (COCO results: image_id,
+    Writes OUT/<image stem>.jpg (.png for PNG and other inputs, or as --format says) with the boxes drawn, OUT/predictions.json (COCO results: image_id,
     category_id from the model's category ids, bbox [x, y, w, h] in original pixels, score) and
-    OUT/images.json, a COCO-style "images" list giving each image_id its file, size and drawn PNG.
+    OUT/images.json, a COCO-style "images" list giving each image_id its file, size and drawing.
     """
     import plaindet
     from plaindet.detections import predict_to_folder
 
     predictor = plaindet.load(weights, device=device or _default_device(weights))
-    found, count = predict_to_folder(predictor, images, out, threshold=threshold, image_size=image_size, batch_size=batch_size)
+    found, count = predict_to_folder(predictor, images, out, threshold=threshold, image_size=image_size, batch_size=batch_size, format=format)
     typer.echo(f"{found} detections (score >= {threshold}) in {count} images; written to {out}")
 
 
