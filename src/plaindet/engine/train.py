@@ -584,7 +584,7 @@ class _Run:
             if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
                 self.save(self.out / f"epoch_{epoch + 1:04d}.safetensors")
             stopped = ""
-            if self.out_of_budget:
+            if self.out_of_budget and not (epoch + 1 == cfg.epochs and p.batch == 0):  # not when the limit fell on the last step
                 cut = f" after batch {p.batch} of {len(self.loader)}" if p.batch else ""
                 stopped = f"  stopped: {self.stop_reason} at step {p.step}{cut}"
             scores = [f"{k} {record[k]:.3f}" for k in ("AP", "AP50", "AP75") if record.get(k) is not None]
