@@ -333,6 +333,8 @@ class _Run:
                 cfg.model, sum(p.numel() for p in self.model.parameters()) / 1e6, n_train / 1e6, self.total_steps,
                 cfg.batch_size * cfg.accumulate, world.world_size,
             )  # fmt: skip
+            if self.total_steps < cfg.epochs * steps_per_epoch:  # max_steps ends the run (and the schedule) early
+                self._warn_if_within_warmup(self.total_steps)
         self.runlog = self._open_run_folder(resumed=ckpt is not None) if world.is_main else None
         self.record: dict = {}
         self.start, self._elapsed_before = time.time(), self.progress.elapsed
@@ -526,15 +528,16 @@ class _Run:
         elif over_time:
             self.stop_reason = f"time limit of {cfg.time_limit:g} min reached"
         self.out_of_budget = bool(self.stop_reason)
-        if cfg.time_limit and not self.out_of_budget and not self._fitted:
+        if cfg.time_limit and not self.out_of_budget:
             self._fit_schedule()
         return self.out_of_budget
 
-    def _fit_schedule(self) -> None:
+    def _fit_schedule(self, epoch_end: bool = False) -> None:
         """With a time limit: end the schedule at the step the limit will stop the run at, estimated
         from this process's speed since its first step (which holds start-up costs, so it is not
-        timed); first after :data:`PROBE_STEPS` steps, then at every epoch's end, when the speed
-        includes the evaluations. Rank 0's estimate is every rank's."""
+        timed); first after :data:`PROBE_STEPS` steps, then every :data:`PROBE_STEPS` steps and at
+        every epoch's end (``epoch_end``), so it follows the speed, evaluations included. Rank 0's
+        estimate is every rank's."""
         from plaindet.engine.distributed import broadcast
 
         cfg, p, now = self.cfg, self.progress, time.time()
@@ -542,18 +545,27 @@ class _Run:
             self._clock = (now, p.step)
             return
         t0, s0 = self._clock
-        if p.step - s0 < PROBE_STEPS:
+        timed = p.step - s0
+        if timed < PROBE_STEPS or (self._fitted and not epoch_end and timed % PROBE_STEPS):
             return
-        seconds_per_step = (now - t0) / (p.step - s0)
+        seconds_per_step = (now - t0) / timed
         fit = p.step + int(max(0.0, 60 * cfg.time_limit - (now - self.start)) / seconds_per_step)
         total = broadcast(max(p.step + 1, min(self.planned_steps, fit)), self.world)
-        if self.world.is_main and (not self._fitted or abs(total - self.total_steps) > 0.05 * self.total_steps):
+        if self.world.is_main and (not self._fitted or abs(total - self.total_steps) > 0.1 * self.total_steps):
             log.info(
                 "time limit %g min: about %d steps fit at %.2f s/step (measured over steps %d-%d); the learning-rate schedule ends at step %d%s",
                 cfg.time_limit, fit, seconds_per_step, s0 + 1, p.step, total, "" if total < self.planned_steps else f" ({cfg.epochs} epochs fit)",
             )  # fmt: skip
+            self._warn_if_within_warmup(total)
         self._fitted = True
         self.total_steps = p.schedule_steps = total
+
+    def _warn_if_within_warmup(self, total: int) -> None:
+        if total <= self.cfg.warmup_steps:
+            log.warning(
+                "the schedule ends at step %d, within the %d warmup steps: the learning rate never reaches its peak nor decays; "
+                "lower --warmup-steps for a run this short", total, self.cfg.warmup_steps,
+            )  # fmt: skip
 
     # --- the end of an epoch ---
 
@@ -572,7 +584,7 @@ class _Run:
                 record.update({k: v for k, v in metrics.stats.items() if k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")})
         record["time"] = round(self.elapsed(), 1)  # since the run began, resumes included
         if cfg.time_limit and not finished and self._fitted:
-            self._fit_schedule()  # the speed now includes an evaluation
+            self._fit_schedule(epoch_end=True)  # the speed now includes an evaluation
         self.record = record
         if self.world.is_main:
             if record.get("AP") is not None and record["AP"] >= p.best.get("AP", -1.0):
