@@ -61,7 +61,8 @@ class TrainConfig:
     ``time_limit`` > 0 after the step that passes that many minutes (then evaluates and saves, and
     the epoch's line says why the run stopped). The cosine schedule ends where the run will: at
     ``max_steps``, or with a time limit at the step estimated from the first steps' speed (and
-    again after each epoch, evaluation included; the log says what it estimated), so a
+    again every 10 steps and after each epoch, evaluation included; the log says what it
+    estimated), so a
     time-limited run's rate decays too; the estimate depends on the machine's speed, so a
     time-limited run is not reproducible step for step.
     """
