@@ -265,3 +265,30 @@ def test_a_resumed_run_numbers_epochs_as_its_bar_does_and_its_time_adds_up(tmp_p
     assert re.findall(r"^(epoch \d/\d)  batch 4/4", err, re.MULTILINE) == ["epoch 1/1", "epoch 2/2"]
     with open(out / "metrics.csv", newline="") as f:
         assert [(row["epoch"], row["time"]) for row in csv.DictReader(f)] == [("1", "4.0"), ("2", "8.0")]
+
+
+def test_a_time_limit_passed_during_evaluation_ends_the_run_there(tmp_path, tiny_shapes, capsys, monkeypatch):
+    """Steps take 1 s and the evaluation 100 s of a fake clock: a 0.5 minute limit is passed by the
+    first evaluation, so the run ends with that epoch instead of taking a step more and evaluating again."""
+    import types
+
+    import plaindet.engine.train as engine
+
+    clock = [1000.0]
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    step, evaluate = engine._Run.optimizer_step, engine._Run._evaluate
+
+    def timed_step(run, *args):
+        step(run, *args)
+        clock[0] += 1.0
+
+    def timed_evaluate(run):
+        clock[0] += 100.0
+        return evaluate(run)
+
+    monkeypatch.setattr(engine._Run, "optimizer_step", timed_step)
+    monkeypatch.setattr(engine._Run, "_evaluate", timed_evaluate)
+    out = tmp_path / "run"
+    train(_small(tiny_shapes, out, epochs=5, time_limit=0.5))
+    assert re.search(r"^epoch 1/5  loss \S+  AP .*\(104s\)  stopped: time limit of 0.5 min reached at step 4$", capsys.readouterr().out, re.MULTILINE)
+    assert len(_lrs(out)) == 4

@@ -583,8 +583,11 @@ class _Run:
             if metrics is not None:
                 record.update({k: v for k, v in metrics.stats.items() if k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")})
         record["time"] = round(self.elapsed(), 1)  # since the run began, resumes included
-        if cfg.time_limit and not finished and self._fitted:
-            self._fit_schedule(epoch_end=True)  # the speed now includes an evaluation
+        if cfg.time_limit and not finished:
+            # A limit the evaluation went past ends the run now: the weights just evaluated are the last.
+            finished = self.check_budget()
+            if not finished and self._fitted:
+                self._fit_schedule(epoch_end=True)  # the speed now includes an evaluation
         self.record = record
         if self.world.is_main:
             if record.get("AP") is not None and record["AP"] >= p.best.get("AP", -1.0):
