@@ -49,6 +49,36 @@ def test_help_lists_the_commands():
         assert re.search(rf"^\W*{command}\s", result.output, re.MULTILINE), command
 
 
+HELP_COMMANDS = [["train"], ["distill"], ["predict"], ["eval"], ["export"], ["benchmark"], ["demo"], ["data", "check"], ["data", "convert"], ["data", "show"]]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)
+def test_help_at_80_columns_shows_whole_option_names_defaults_and_descriptions(command):
+    from typer.main import get_command
+
+    click_command = get_command(app)
+    for name in command:
+        click_command = click_command.commands[name]
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert max(len(line) for line in text.splitlines()) <= 80 and "\u2026" not in text, text  # nothing cut
+    options = text[text.index("Options:") :]
+    assert "<list[" not in options and "<bool>" not in options and "[default: (" not in options, options
+    words = " ".join(text.split())
+    for param in click_command.params:
+        if param.param_type_name != "option":
+            continue
+        assert param.help, f"{param.opts} has no description"
+        for opt in [*param.opts, *param.secondary_opts]:
+            assert re.search(rf"(^|[\s/,]){re.escape(opt)}([\s/,=]|$)", text, re.MULTILINE), (opt, text)
+    if command == ["train"]:
+        for help_text, default in [("Passes over the training split.", 12), ("Peak learning rate (AdamW).", 0.001),
+                                   ("Global batch (split over torchrun processes).", 8), ("Long side of the training images.", 640)]:  # fmt: skip
+            assert f"{help_text} [default: {default}]" in words, words
+        assert "--set KEY=VALUE" in text
+
+
 def test_models_lists_every_model_with_its_size():
     result = invoke("models")
     assert result.exit_code == 0, result.output
@@ -129,9 +159,10 @@ def test_predict_writes_drawn_images_and_coco_results(trained_run, tiny_shapes, 
     assert [e["id"] for e in entries] == list(range(9))
     assert [e["file_name"] for e in entries] == [str(p) for p in images + [images[2]]]
     assert all((e["width"], e["height"]) == (320, 320) for e in entries)
-    drawn = sorted(p.name for p in out.glob("*.png"))
-    assert drawn == sorted([f"{p.stem}.png" for p in images] + [f"{images[2].stem}_8.png"])
-    assert Image.open(out / drawn[0]).size == (320, 320)
+    drawn = sorted(p.name for p in out.glob("*.jpg"))  # JPEG inputs are drawn as JPEG
+    assert drawn == sorted([f"{p.stem}.jpg" for p in images] + [f"{images[2].stem}_8.jpg"])
+    assert [e["drawn"] for e in entries] == [f"{p.stem}.jpg" for p in images] + [f"{images[2].stem}_8.jpg"]
+    assert Image.open(out / drawn[0]).size == (320, 320) and Image.open(out / drawn[0]).format == "JPEG"
 
     results = json.loads((out / "predictions.json").read_text())
     model = plaindet.load(weights)
@@ -151,7 +182,7 @@ def test_predict_threshold_filters(trained_run, tiny_shapes, tmp_path):
     result = invoke("predict", image, "--weights", trained_run / "last.safetensors", "--out", tmp_path, "--threshold", 1.0)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "predictions.json").read_text()) == []
-    assert (tmp_path / f"{image.stem}.png").is_file()
+    assert (tmp_path / f"{image.stem}.jpg").is_file()
 
 
 def test_eval_with_weights_equals_eval_of_its_predictions(trained_run, tiny_shapes, tmp_path):

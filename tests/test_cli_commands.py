@@ -203,8 +203,8 @@ def test_data_convert_and_show(tiny_shapes, tmp_path):
 
     result = invoke("data", "show", tmp_path / "yolo", "--out", tmp_path / "show", "--n", 3, "--split", "val", "--seed", 1)
     assert result.exit_code == 0, result.output
-    drawn = sorted(p.name for p in (tmp_path / "show").glob("*.png"))
-    assert len(drawn) == 4 and "grid.png" in drawn
+    drawn = sorted(p.name for p in (tmp_path / "show").iterdir())
+    assert len(drawn) == 4 and "grid.png" in drawn and sum(n.endswith(".jpg") for n in drawn) == 3
     assert_user_error(invoke("data", "show", tmp_path / "nowhere", "--out", tmp_path / "s2"), "nowhere")
     assert_user_error(invoke("data", "show", tmp_path / "yolo", "--out", tmp_path / "s3", "--split", "nosuch"), "nosuch")
 
@@ -305,7 +305,7 @@ def test_predict_with_onnx_weights_writes_what_the_pytorch_model_does(trained_ru
     assert [(r["image_id"], r["category_id"]) for r in ours] == [(r["image_id"], r["category_id"]) for r in pt]
     np.testing.assert_allclose([r["bbox"] for r in ours], [r["bbox"] for r in pt], atol=1e-3)
     assert json.loads((tmp_path / "onnx" / "images.json").read_text()) == json.loads((tmp_path / "pt" / "images.json").read_text())
-    assert len(list((tmp_path / "onnx").glob("*.png"))) == 8
+    assert len(list((tmp_path / "onnx").glob("*.jpg"))) == 8
 
 
 def test_predict_runs_the_batch_size_given(trained_run, tiny_shapes, tmp_path):
@@ -331,7 +331,8 @@ def test_benchmark_command_measures_every_backend_in_its_own_process(tmp_path):
     result = invoke("benchmark", "--model", "plaindet-t", "--size", 64, "--runs", 1, "--warmup", 0, "--threads", 1, "--keep-onnx", keep)
     assert result.exit_code == 0, result.output
     assert "measuring plaindet-t ort int8-static" in result.stderr  # progress on stderr, the table on stdout
-    title, peak_line, header, *lines = result.stdout.strip().splitlines()
+    title, peak_line, header, *lines, legend = result.stdout.strip().splitlines()
+    assert legend.startswith("size MB: onnxruntime rows the .onnx file on disk; pytorch rows the model's weights in memory")
     assert title == "batch 1, 64x64, 1 threads; each row measured in a fresh process"
     peaks = dict(re.findall(r"(fp32|bf16) ([0-9.]+) GFLOP/s", peak_line))
     assert peak_line.startswith("matmul peak in this run:") and set(peaks) == {"fp32", "bf16"}
@@ -379,6 +380,22 @@ def test_benchmark_table_compares_other_models_at_the_same_precision():
     assert lines[4].split()[3:9] == ["160.0", "80", "80", "25.00", "600", "4.00x"]
     assert lines[5] == ""
     assert lines[7].split() == ["detr-r50", "fp32", "4.00x", "2.00x", "8.00x"]  # latency, peak RSS, size vs plaindet-t fp32
+    assert lines[8].startswith("size MB: ")
+
+
+def test_benchmark_table_of_a_checkpoint_names_it_and_keeps_its_columns(tmp_path):
+    """--weights: the model column holds the model's name and the title line the file with its size
+    on disk; a name longer than the column widens it for every row instead of shifting one."""
+    from plaindet.export.benchmark import BenchmarkRow, format_table
+
+    weights = tmp_path / "best.safetensors"
+    weights.write_bytes(b"x" * 2**20)
+    long = "plaindet-t-with-a-long-name"
+    rows = [BenchmarkRow(long, "pytorch", "fp32", [0.010], 1, 300.0, 20.0), BenchmarkRow(long, "onnxruntime", "int8-static", [0.005], 1, 310.0, 7.0)]
+    lines = format_table(rows, size=64, threads=2, weights=weights).splitlines()
+    assert lines[1] == f"weights: {weights} (1.0 MB on disk), model {long}"
+    assert lines[2].index("backend") == lines[3].index("pytorch") == lines[4].index("onnxruntime") == len(long) + 1
+    assert lines[2].index("size MB") + len("size MB") == lines[3].index("20.0") + len("20.0") == lines[4].index(" 7.0") + len(" 7.0")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -177,3 +177,21 @@ def test_run_convert_reports(tmp_path, yolo_source):
     assert not (tmp_path / "x").exists()
     assert run_convert(yolo_source, "coco", tmp_path / "ok", console=console) == 0
     assert "train: 3 images, 10 boxes" in out.getvalue() and "wrote coco dataset" in out.getvalue()
+
+
+def test_convert_says_it_hard_links_and_copy_makes_independent_files(tmp_path, yolo_source):
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    assert run_convert(yolo_source, "coco", tmp_path / "linked", console=console) == 0
+    assert "images: 5 hard-linked to the source's files (no extra space, but editing one in place edits both; --copy makes copies)" in out.getvalue()
+    linked = sorted((tmp_path / "linked" / "images" / "train").iterdir())
+    assert linked and all(p.stat().st_nlink == 2 for p in linked)
+
+    out = io.StringIO()
+    assert run_convert(yolo_source, "coco", tmp_path / "copied", copy=True, console=Console(file=out, width=200)) == 0
+    assert "images: 5 copied" in out.getvalue() and "hard-linked" not in out.getvalue()
+    copied = sorted((tmp_path / "copied" / "images" / "train").iterdir())
+    assert [p.read_bytes() for p in copied] == [p.read_bytes() for p in linked]
+    assert all(p.stat().st_nlink == 1 for p in copied)

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -98,7 +99,7 @@ def test_checkpoint_is_loadable_and_holds_ema_and_raw_weights(tiny_shapes, tmp_p
     out = tmp_path / "run"
     train(_cfg(tiny_shapes, out, epochs=1, ema_decay=0.9))
     ckpt = TrainState(out / "last.safetensors")
-    assert ckpt.progress == {"epoch": 1, "batch": 0, "step": 4, "best": ckpt.progress["best"], "bad_steps": 0}
+    assert ckpt.progress == {"epoch": 1, "batch": 0, "step": 4, "best": ckpt.progress["best"], "bad_steps": 0, "schedule_steps": 4, "elapsed": ckpt.progress["elapsed"]}
     assert any(k.startswith("ema.") for k in ckpt.tensors) and any(k.startswith("optim.") for k in ckpt.tensors)
     model = plaindet.load(out / "last.safetensors")  # the deployable view: EMA weights
     ema = ckpt.inference_weights()
@@ -161,6 +162,20 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_shapes, tmp_pa
     assert (out / "last.safetensors").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     TrainState(out / "last.safetensors")
+
+
+def test_run_files_get_the_mode_the_umask_gives_not_owner_only(tiny_shapes, tmp_path):
+    """Checkpoints, config.yaml and the logs are written atomically (temporary file, rename) and still
+    get 0666 less the umask, like the plots: a group-readable run folder stays group-readable."""
+    out = tmp_path / "run"
+    previous = os.umask(0o027)
+    try:
+        train(_cfg(tiny_shapes, out, epochs=1))
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert {"best.safetensors", "last.safetensors", "config.yaml", "metrics.csv", "steps.csv", "steps.jsonl"} <= modes.keys()
+    assert set(modes.values()) == {0o640}, modes
 
 
 def test_param_groups_by_part_and_step_schedule():

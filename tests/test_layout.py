@@ -134,7 +134,7 @@ def test_training_options_are_the_config_fields(command, configs):
     assert set(params) - {"config", "set_"} == set(expected)
     for name, f in expected.items():
         option = params[name]
-        assert option.help == f.metadata["help"], name
+        assert option.help.startswith(f.metadata["help"] + "  [default: "), name
         assert option.default is None  # None unless given: the config's default applies
         assert f"--{name.replace('_', '-')}" in option.opts
     # Fields without a command-line option (lists, mappings) are reachable through --set.

@@ -167,6 +167,21 @@ def test_int8_static_calibrates_on_images_and_keeps_prediction_layers_float(expo
     assert errors.max() < 2.0 and np.median(errors) < 0.5 and ranks.max() < 40, (errors.max(), np.median(errors), ranks.max())
 
 
+def test_int8_static_calibrated_in_the_lean_session_equals_onnxruntimes_own(exported, tiny_shapes, tmp_path, monkeypatch):
+    """quantize_onnx calibrates in a session without onnxruntime's memory arena and pattern (half
+    the peak memory) and hands quantize_static the ranges: the file is the one onnxruntime's own
+    calibration writes, initializer for initializer (scales and zero points included)."""
+    import plaindet.export.quantize as quantize
+
+    calib = calibration_images(tiny_shapes, 3)
+    ours = onnx.load(quantize_onnx(exported, tmp_path / "ours.onnx", "int8-static", calib_images=calib))
+    monkeypatch.setattr(quantize, "_calibrate", lambda *args: None)  # quantize_static calibrates itself
+    theirs = onnx.load(quantize_onnx(exported, tmp_path / "theirs.onnx", "int8-static", calib_images=calib))
+    a, b = ({t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer} for m in (ours, theirs))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert [(n.op_type, list(n.input)) for n in ours.graph.node] == [(n.op_type, list(n.input)) for n in theirs.graph.node]
+
+
 def test_int8_static_without_images_is_an_error(exported, tmp_path):
     with pytest.raises(ValueError, match="calibration images"):
         quantize_onnx(exported, tmp_path / "s.onnx", "int8-static")

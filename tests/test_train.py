@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import re
 
@@ -14,7 +16,9 @@ import plaindet
 from plaindet.data import load_dataset
 from plaindet.engine.train import lr_factor, param_groups, train
 from plaindet.engine.train_config import TrainConfig
+from plaindet.errors import CheckpointError
 from plaindet.ops.boxes import box_iou
+from plaindet.weights import read_safetensors
 
 
 def test_one_epoch_writes_a_complete_run(tmp_path, tiny_shapes, capsys):
@@ -58,6 +62,17 @@ def test_one_epoch_writes_a_complete_run(tmp_path, tiny_shapes, capsys):
         model = plaindet.load(out / name)
         assert model.config.class_names == ["circle", "square", "triangle"]
         assert model.config.image_size == 64
+
+    # best is the deployable file: the evaluated (EMA) weights and the config, as model.save writes
+    # them, not a training state; last (the same epoch here) resumes and loads to the same weights.
+    best_state, best_meta = read_safetensors(out / "best.safetensors")
+    assert best_meta["format"] == "plaindet-detector" and "train_state" not in best_meta
+    assert json.loads(best_meta["metrics"])["AP"] == record["AP"]
+    deployed = plaindet.load(out / "last.safetensors").state_dict()
+    assert best_state.keys() == deployed.keys() and all(torch.equal(best_state[k], deployed[k]) for k in deployed)
+    assert (out / "best.safetensors").stat().st_size < 0.3 * (out / "last.safetensors").stat().st_size
+    with pytest.raises(CheckpointError, match="--resume needs last.safetensors"):
+        train(dataclasses.replace(cfg, resume=str(out / "best.safetensors"), epochs=2))
     val = load_dataset(tiny_shapes, split="valid")
     detections = model.predict(val.samples[0].image_path, threshold=0.0)
     assert len(detections) == model.config.max_detections
@@ -144,3 +159,136 @@ def test_trained_model_finds_objects_without_duplicates(tmp_path):
             found += int(((gt_iou > 0.5) & same).any(1).sum())
     # Not vacuous: most objects are found above the threshold.
     assert found >= 0.8 * total, f"found {found} of {total} objects"
+
+
+def _small(tiny_shapes, out, **kw) -> TrainConfig:
+    """A 2-block plaindet-t at 64 px: four batches of 4 an epoch on the 16 training images."""
+    options = dict(data=str(tiny_shapes), val_split="valid", out=str(out), epochs=1, batch_size=4, image_size=64, amp="off", warmup_steps=2,
+                   model_overrides={"neck_channels": 32, "backbone": {"depth": 2}})  # fmt: skip
+    return TrainConfig(**{**options, **kw})
+
+
+def test_output_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, tiny_shapes, capsys):
+    train(_small(tiny_shapes, tmp_path / "run", epochs=2, log_every=2, eval_every=0))
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err + captured.out  # no bar redraws in a log file
+    lines = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert [re.match(r"epoch (\d)/2  batch (\d)/4  loss \d+\.\d{3}  lr \S+  \(\d+s, \d+\.\d\d s/batch\)$", line).groups() for line in lines] == [
+        ("1", "2"), ("1", "4"), ("2", "2"), ("2", "4"),
+    ], captured.err  # fmt: skip
+    assert len(re.findall(r"^epoch \d/2  loss", captured.out, re.MULTILINE)) == 2  # one summary line an epoch
+
+
+def _lrs(run) -> list[float]:
+    return [json.loads(line)["lr"] for line in (run / "steps.jsonl").read_text().splitlines()]
+
+
+def test_a_run_cut_short_says_why_and_its_schedule_ends_where_it_stops(tmp_path, tiny_shapes, capsys):
+    out = tmp_path / "steps"
+    train(_small(tiny_shapes, out, epochs=5, max_steps=6, eval_every=0))
+    printed = capsys.readouterr().out
+    assert re.search(r"^epoch 2/5  loss \S+  \(\d+s\)  stopped: max_steps 6 reached at step 6 after batch 2 of 4$", printed, re.MULTILINE), printed
+    assert _lrs(out) == pytest.approx([1e-3 * lr_factor(s, 6, 2, 0.05) for s in range(6)])  # the schedule spans the 6 steps, not 5 epochs
+
+
+def test_a_time_limit_fits_the_schedule_from_the_first_steps_speed(tmp_path, tiny_shapes, capsys, caplog, monkeypatch):
+    """A clock that advances 1 s per optimizer step, and none otherwise: a 0.5 minute limit then
+    fits 30 steps, which the first 10 steps' speed tells; the run stops after the step that passes it."""
+    import types
+
+    import plaindet.engine.train as engine
+
+    clock = [1000.0]
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    step = engine._Run.optimizer_step
+
+    def timed_step(run, *args):
+        step(run, *args)
+        clock[0] += 1.0
+
+    monkeypatch.setattr(engine._Run, "optimizer_step", timed_step)
+    out = tmp_path / "time"
+    with caplog.at_level("INFO", logger="plaindet"):
+        train(_small(tiny_shapes, out, epochs=20, time_limit=0.5, eval_every=0, warmup_steps=2))
+    assert "time limit 0.5 min: about 30 steps fit at 1.00 s/step (measured over steps 2-11); the learning-rate schedule ends at step 30" in caplog.text
+    printed = capsys.readouterr().out
+    assert re.search(r"^epoch 8/20  loss \S+  \(31s\)  stopped: time limit of 0.5 min reached at step 31 after batch 3 of 4$", printed, re.MULTILINE), printed
+    lrs = _lrs(out)
+    assert len(lrs) == 31
+    assert lrs[10] == pytest.approx(1e-3 * lr_factor(10, 80, 2, 0.05))  # before the estimate: the 20 epochs' schedule
+    assert lrs[11:] == pytest.approx([1e-3 * lr_factor(s, 30, 2, 0.05) for s in range(11, 31)]) and lrs[30] == pytest.approx(1e-3 * 0.05)
+
+
+def test_validation_in_bf16_training_predicts_exactly_what_eval_of_best_does(tmp_path, tiny_shapes, monkeypatch):
+    """Training under bf16 autocast validates in fp32 through predict: every image's every detection
+    (boxes, scores, classes) equals what ``plaindet eval --weights best.safetensors`` computes, so
+    the two APs are one number (compared per detection, not as APs near 0)."""
+    import plaindet.engine.evaluate as evaluate_module
+    from plaindet.detections import predict_dataset
+    from plaindet.engine.evaluate import evaluate
+
+    seen = []
+    real = evaluate_module.evaluate_coco
+    monkeypatch.setattr(evaluate_module, "evaluate_coco", lambda dataset, results: seen.append(results) or real(dataset, results))
+    out = tmp_path / "run"
+    best = train(_small(tiny_shapes, out, epochs=1, amp="bf16"))
+    (during,) = seen
+    after = evaluate(tiny_shapes, "valid", weights=out / "best.safetensors", batch_size=4)
+    assert after.results == during and len(during) == 8 * 100
+    assert after.metrics.stats["AP"] == best["AP"]
+    assert during == predict_dataset(plaindet.load(out / "last.safetensors"), load_dataset(tiny_shapes, split="valid"), batch_size=4)
+
+
+def test_a_resumed_run_numbers_epochs_as_its_bar_does_and_its_time_adds_up(tmp_path, tiny_shapes, capsys, caplog, monkeypatch):
+    """A clock that advances 1 s per optimizer step: the resumed run's epoch 2 ends 8 s into the run
+    (4 steps before the resume, 4 after), not 4 s; the resume message says epoch 2 as the bar does."""
+    import types
+
+    import plaindet.engine.train as engine
+
+    clock = [1000.0]
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    step = engine._Run.optimizer_step
+
+    def timed_step(run, *args):
+        step(run, *args)
+        clock[0] += 1.0
+
+    monkeypatch.setattr(engine._Run, "optimizer_step", timed_step)
+    out = tmp_path / "run"
+    train(_small(tiny_shapes, out, epochs=1, eval_every=0, log_every=4))
+    clock[0] += 100.0  # time between the two processes is not training time
+    with caplog.at_level("INFO", logger="plaindet"):
+        train(_small(tiny_shapes, out, epochs=2, eval_every=0, log_every=4, resume="auto"))
+    assert f"resuming {out / 'last.safetensors'}: start of epoch 2/2, step 4" in caplog.text
+    err = capsys.readouterr().err
+    assert re.findall(r"^(epoch \d/\d)  batch 4/4", err, re.MULTILINE) == ["epoch 1/1", "epoch 2/2"]
+    with open(out / "metrics.csv", newline="") as f:
+        assert [(row["epoch"], row["time"]) for row in csv.DictReader(f)] == [("1", "4.0"), ("2", "8.0")]
+
+
+def test_a_time_limit_passed_during_evaluation_ends_the_run_there(tmp_path, tiny_shapes, capsys, monkeypatch):
+    """Steps take 1 s and the evaluation 100 s of a fake clock: a 0.5 minute limit is passed by the
+    first evaluation, so the run ends with that epoch instead of taking a step more and evaluating again."""
+    import types
+
+    import plaindet.engine.train as engine
+
+    clock = [1000.0]
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    step, evaluate = engine._Run.optimizer_step, engine._Run._evaluate
+
+    def timed_step(run, *args):
+        step(run, *args)
+        clock[0] += 1.0
+
+    def timed_evaluate(run):
+        clock[0] += 100.0
+        return evaluate(run)
+
+    monkeypatch.setattr(engine._Run, "optimizer_step", timed_step)
+    monkeypatch.setattr(engine._Run, "_evaluate", timed_evaluate)
+    out = tmp_path / "run"
+    train(_small(tiny_shapes, out, epochs=5, time_limit=0.5))
+    assert re.search(r"^epoch 1/5  loss \S+  AP .*\(104s\)  stopped: time limit of 0.5 min reached at step 4$", capsys.readouterr().out, re.MULTILINE)
+    assert len(_lrs(out)) == 4

@@ -328,26 +328,57 @@ def test_missing_file_that_is_not_a_hub_id():
         read_state_dict("/nonexistent/weights.safetensors")
 
 
-def test_offline_hub_id_error(monkeypatch):
+@pytest.mark.parametrize("why", ["HF_HUB_OFFLINE", "unreachable"])
+def test_offline_hub_id_fails_at_once_from_the_cache_and_says_how_to_point_at_a_file(monkeypatch, why):
+    """Not cached and offline (HF_HUB_OFFLINE, or the Hub's host refuses a connection): the cache is
+    searched for every file name, and no online request is made (the client would retry each for
+    about 25 s); the message says how to pass a local file."""
     huggingface_hub = pytest.importorskip("huggingface_hub")
     from huggingface_hub.utils import LocalEntryNotFoundError
 
+    import plaindet.weights
+
     calls = []
 
-    def offline(repo_id, filename, local_files_only=False, **kwargs):
+    def not_cached(repo_id, filename, local_files_only=False, **kwargs):
         calls.append((filename, local_files_only))
-        raise LocalEntryNotFoundError("Connection error, and the file is not in the local cache")
+        raise LocalEntryNotFoundError("the file is not in the local cache")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", not_cached)
+    if why == "HF_HUB_OFFLINE":
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    else:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(plaindet.weights, "_hub_reachable", lambda endpoint: False)
     with pytest.raises(WeightsError) as err:
         read_state_dict("openai/clip-vit-base-patch16")
     message = str(err.value)
-    print(message)
-    assert "openai/clip-vit-base-patch16" in message and "model.safetensors" in message
-    assert "local path" in message and huggingface_hub.constants.HF_HUB_CACHE in message
-    # After the first connection failure only the cache is searched, for the remaining file names.
-    assert calls[0] == ("model.safetensors", False)
-    assert all(local for _, local in calls[1:]) and len(calls) > 1
+    assert "openai/clip-vit-base-patch16" in message and ("HF_HUB_OFFLINE is set" if why == "HF_HUB_OFFLINE" else "is unreachable") in message
+    assert "backbone_weights='/path/to/model.safetensors' (--backbone-weights" in message and huggingface_hub.constants.HF_HUB_CACHE in message
+    assert calls == [(name, True) for name in plaindet.weights.HUB_FILENAMES]
+
+
+def test_a_reachable_hub_is_asked_after_the_cache(monkeypatch, tmp_path):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    import plaindet.weights
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path))
+    calls = []
+
+    def download(repo_id, filename, local_files_only=False, **kwargs):
+        calls.append((filename, local_files_only))
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(plaindet.weights, "_hub_reachable", lambda endpoint: True)
+    assert set(read_state_dict("org/model")) == {"w"}
+    assert calls == [(name, True) for name in plaindet.weights.HUB_FILENAMES] + [("model.safetensors", False)]
 
 
 def test_hub_falls_back_to_other_file_names(monkeypatch, tmp_path, tower):

@@ -122,19 +122,31 @@ def write_yolo(root, n=5):
     return root / "data.yaml"
 
 
-def test_run_show_writes_one_png_per_image_and_a_grid(tmp_path, capsys):
+def test_run_show_writes_one_drawing_per_image_and_a_grid(tmp_path, capsys):
     yaml = write_yolo(tmp_path / "ds")
     out = tmp_path / "out"
     assert run_show(yaml, out, n=3, seed=0) == 0
-    written = sorted(p.name for p in out.glob("*.png"))
+    written = sorted(p.name for p in out.iterdir())
     assert len(written) == 4 and "grid.png" in written
     for name in written:
-        if name != "grid.png":
-            assert Image.open(out / name).size == (64, 48)
+        if name != "grid.png":  # JPEG inputs are drawn as JPEG
+            assert name.endswith(".jpg") and Image.open(out / name).format == "JPEG" and Image.open(out / name).size == (64, 48)
     assert str(out) in capsys.readouterr().out
     # Same seed, same choice.
     assert run_show(yaml, tmp_path / "again", n=3, seed=0) == 0
-    assert sorted(p.name for p in (tmp_path / "again").glob("*.png")) == written
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == written
+    # --format png draws them losslessly instead.
+    assert run_show(yaml, tmp_path / "png", n=3, seed=0, format="png") == 0
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [n.replace(".jpg", ".png") for n in written]
+    with pytest.raises(ValueError, match="unknown drawing format 'gif'"):
+        run_show(yaml, tmp_path / "gif", n=3, format="gif")
+
+
+def test_drawings_keep_the_input_format_unless_told():
+    from plaindet.viz import drawing_suffix
+
+    assert [drawing_suffix(name) for name in ("a.jpg", "b.JPEG", "c.png", "d.webp", "e.bmp")] == [".jpg", ".jpg", ".png", ".png", ".png"]
+    assert drawing_suffix("a.jpg", "png") == ".png" and drawing_suffix("c.png", "jpg") == ".jpg"
 
 
 def test_run_show_fails_cleanly_on_a_bad_dataset(tmp_path, capsys):
@@ -165,7 +177,7 @@ def test_run_show_draws_crowd_regions_and_keeps_names_unique(tmp_path, monkeypat
     monkeypatch.setattr(plaindet.data, "load_dataset", fake_load)
     out = tmp_path / "out"
     assert run_show("ds", out, n=16) == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["grid.png", "grid_12.png", "img.png", "img_11.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "grid_12.jpg", "img.jpg", "img_11.jpg"]
     assert "3 crowd regions are drawn dashed" in capsys.readouterr().out
     grid = Image.open(out / "grid.png")
     assert grid.width > 3 * 320 and grid.height > 320

@@ -47,9 +47,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help (click's layout): at 80 columns rich's boxed table left the descriptions 22 columns
+    # and cut long words; click wraps them under an option name too long for its column.
+    rich_markup_mode=None,
     context_settings={"max_content_width": 120},
 )
-data_app = typer.Typer(cls=_Commands, help="Check, convert and look at datasets.", no_args_is_help=True)
+data_app = typer.Typer(cls=_Commands, help="Check, convert and look at datasets.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
@@ -88,10 +91,13 @@ def _with_options(params: list, command: Callable) -> Callable:
 # data
 
 
+_FORMAT_HELP = "Drawn images: auto (JPEG for JPEG inputs, else PNG), png or jpg."
+
+
 @data_app.command("check")
 def data_check(
     path: Path = typer.Argument(..., help="Dataset: COCO JSON file or folder, YOLO yaml, VOC folder, or 'shapes'."),
-    split: Optional[list[str]] = typer.Option(None, "--split", help="Split(s) to check (default: all found)."),
+    split: Optional[list[str]] = typer.Option(None, "--split", metavar="<str>", help="A split to check, repeatable (default: all found)."),
     max_problems: int = typer.Option(50, help="How many problems to list per split (all are counted)."),
 ) -> None:
     """Report images, boxes and problems per split; exit 1 when errors are found (plaindet.data.check.run_check)."""
@@ -105,25 +111,31 @@ def data_convert(
     src: Path = typer.Argument(..., help="Dataset to convert (any supported format, or 'shapes')."),
     to: str = typer.Option(..., "--to", help="Target format: coco or yolo."),
     out: Path = typer.Argument(..., help="Output folder (new or empty)."),
+    copy: bool = typer.Option(False, "--copy", help="Copy the images instead of hard-linking them to the source's files."),
 ) -> None:
-    """Convert a dataset losslessly between formats, all splits (plaindet.data.convert.run_convert)."""
+    """Convert a dataset losslessly between formats, all splits (plaindet.data.convert.run_convert).
+
+    Images are hard-linked where the file system allows (no extra space; the output shares the
+    source's image files, so editing one in place edits both), else copied; --copy always copies.
+    """
     from plaindet.data.convert import run_convert
 
-    raise typer.Exit(run_convert(src, to, out))
+    raise typer.Exit(run_convert(src, to, out, copy=copy))
 
 
 @data_app.command("show")
 def data_show(
     path: Path = typer.Argument(..., help="Dataset (any supported format, or 'shapes')."),
-    out: Path = typer.Option(..., "--out", help="Folder for the rendered PNGs."),
+    out: Path = typer.Option(..., "--out", help="Folder for the drawn images."),
     n: int = typer.Option(16, "--n", min=0, help="Number of samples to render."),
     split: str = typer.Option("train", "--split", help="The split to draw samples from."),
     seed: int = typer.Option(0, "--seed", help="Which samples: a seeded random choice."),
+    format: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
 ) -> None:
     """Render labeled samples so you can see that the labels are right (plaindet.viz.run_show)."""
     from plaindet.viz import run_show
 
-    raise typer.Exit(run_show(path, out, n=n, split=split, seed=seed))
+    raise typer.Exit(run_show(path, out, n=n, split=split, seed=seed, format=format))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -147,8 +159,8 @@ def _parse_sets(items: list[str] | None) -> dict:
 
 
 def train_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", help="A YAML config (a run's config.yaml repeats that run); options given here override it."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any TrainConfig field: --set key=value (YAML value), repeatable."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="YAML", help="A YAML config (a run's config.yaml repeats that run); options given here override it."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Any TrainConfig field: --set key=value (YAML value), repeatable."),
     **options: Any,
 ) -> None:
     """Train a detector. Settings come from TrainConfig's defaults, then --config, then the options given,
@@ -169,7 +181,7 @@ def train_cmd(
 
 
 def distill_cmd(
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any TrainConfig field: --set key=value (YAML value), repeatable."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Any TrainConfig field: --set key=value (YAML value), repeatable."),
     **options: Any,
 ) -> None:
     """Train a student (--model) on a trained teacher's predictions on labeled and unlabeled images
@@ -212,20 +224,21 @@ def predict_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for drawn images, predictions.json and images.json."),
     threshold: float = typer.Option(0.3, "--threshold", min=0.0, max=1.0, help="Minimum score of a kept detection."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="Long side at inference (default: the model's)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch, padded to the largest."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)."),
+    format: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
 ) -> None:
     """Detect objects in images; draw them and write COCO results (plaindet.detections.predict_to_folder).
 
-    Writes OUT/<image name>.png with the boxes drawn, OUT/predictions.json (COCO results: image_id,
+    Writes OUT/<image stem>.jpg (.png for PNG and other inputs, or as --format says) with the boxes drawn, OUT/predictions.json (COCO results: image_id,
     category_id from the model's category ids, bbox [x, y, w, h] in original pixels, score) and
-    OUT/images.json, a COCO-style "images" list giving each image_id its file, size and drawn PNG.
+    OUT/images.json, a COCO-style "images" list giving each image_id its file, size and drawing.
     """
     import plaindet
     from plaindet.detections import predict_to_folder
 
     predictor = plaindet.load(weights, device=device or _default_device(weights))
-    found, count = predict_to_folder(predictor, images, out, threshold=threshold, image_size=image_size, batch_size=batch_size)
+    found, count = predict_to_folder(predictor, images, out, threshold=threshold, image_size=image_size, batch_size=batch_size, format=format)
     typer.echo(f"{found} detections (score >= {threshold}) in {count} images; written to {out}")
 
 
@@ -244,7 +257,9 @@ def eval_cmd(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="COCO results JSON, in the dataset's own ids."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A saved model to run instead: .safetensors or .onnx."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="With --weights: long side at inference (default: the model's)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="With --weights."),
+    batch_size: int = typer.Option(
+        8, "--batch-size", min=1, help="With --weights: images per batch, padded to the largest (training validates with its own --batch-size)."
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="With --weights: cpu, cuda, cuda:1 (default: cuda if available)."),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="With --weights: keep the COCO results here."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the metrics as JSON here."),
@@ -303,7 +318,7 @@ def demo_cmd(
 @app.command("export")
 def export_cmd(
     weights: list[Path] = typer.Option(
-        ..., "--weights", help="A saved model (.safetensors from training or save()); give it several times for a group on one backbone."
+        ..., "--weights", metavar="<path>", help="A saved model (.safetensors from training or save()); give it several times for a group on one backbone."
     ),
     format: str = typer.Option("onnx", "--format", help="Export format: onnx."),
     out: Optional[Path] = typer.Option(None, "--out", help="The file to write (default: next to the weights, .onnx)."),
@@ -350,9 +365,9 @@ def export_cmd(
 @app.command("benchmark")
 def benchmark_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="A registered model (random weights)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="A saved model, instead of --model."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A saved model, instead of --model (the table names its model and file)."),
     size: int = typer.Option(640, "--size", min=32, help="Square input side."),
-    batch: int = typer.Option(1, "--batch", min=1),
+    batch: int = typer.Option(1, "--batch", min=1, help="Images per timed call."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: all CPUs)."),
     runs: int = typer.Option(10, "--runs", min=1, help="Timed runs per backend."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed runs before them."),
@@ -375,7 +390,7 @@ def benchmark_cmd(
         warmup=warmup, compare=compare, calib_data=None if calib_data is None else str(calib_data), workdir=keep_onnx,
         log=lambda message: typer.echo(message, err=True),
     )  # fmt: skip
-    typer.echo(format_table(rows, size=size, threads=threads))
+    typer.echo(format_table(rows, size=size, threads=threads, weights=weights))
 
 
 def main() -> None:

@@ -140,7 +140,9 @@ def cli_parameters(cls: type, *, exclude: tuple[str, ...] = (), defaults: dict[s
         default = (defaults or {}).get(f.name, f.default)
         shown = "none" if default in (None, "") else str(default).lower() if isinstance(default, bool) else str(default)
         names = [f"{option_name(f.name)}/--no-{f.name.replace('_', '-')}"] if kind is bool else [option_name(f.name)]
-        option = typer.Option(None, *names, help=f.metadata["help"], show_default=shown)
+        # The default goes into the help text: the option's own default is None (see above), and a
+        # string show_default would print in parentheses.
+        option = typer.Option(None, *names, help=f"{f.metadata['help']}  [default: {shown}]", show_default=False)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typing.Optional[kind]))
     return params
 

@@ -235,38 +235,48 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
 
 
 def predict_to_folder(
-    predictor: Any, inputs: list[str | Path], out: str | Path, *, threshold: float, image_size: int | None = None, batch_size: int = 8
+    predictor: Any,
+    inputs: list[str | Path],
+    out: str | Path,
+    *,
+    threshold: float,
+    image_size: int | None = None,
+    batch_size: int = 8,
+    format: str = "auto",
 ) -> tuple[int, int]:
     """``plaindet predict``: detect objects in image files and folders (:func:`image_files`), draw them
     and write COCO results. Returns ``(detections, images)``.
 
-    Writes ``OUT/<image name>.png`` with the boxes drawn, ``OUT/predictions.json`` (COCO results
+    Writes ``OUT/<image stem>.jpg`` (or ``.png``: ``format``, see :func:`plaindet.viz.drawing_suffix`;
+    JPEG inputs are drawn as JPEG by default) with the boxes drawn, ``OUT/predictions.json`` (COCO results
     through :meth:`Detections.to_coco`, ``category_id`` from the model's category ids, ``bbox``
     ``[x, y, w, h]`` in original pixels) and ``OUT/images.json``, a COCO-style ``images`` list giving
-    each ``image_id`` its file, size and drawn PNG (``{id, file_name, width, height, drawn}``). Ids
+    each ``image_id`` its file, size and drawing (``{id, file_name, width, height, drawn}``). Ids
     are 0, 1, 2, ... in the order the images were given, folders expanded in sorted order; a
-    repeated file stem gets its id appended to the PNG name. ``predictor``: a
+    repeated file stem gets its id appended to the drawing's name. ``predictor``: a
     :class:`plaindet.Detector` or :class:`plaindet.OnnxDetector`.
     """
     import json
 
-    from plaindet.viz import draw
+    from plaindet.viz import draw, drawing_suffix, save_drawing
 
+    drawing_suffix("", format)  # an unknown format fails before anything runs
     paths = image_files(inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     category_ids = predictor.category_ids
     results: list[dict] = []
     entries: list[dict] = []
-    used_names: set[str] = set()
+    used_stems: set[str] = set()
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         detections = predictor.predict(chunk, threshold=threshold, image_size=image_size, batch_size=batch_size)
         for image_id, (path, det) in enumerate(zip(chunk, detections), start=start):
             drawn = draw(path, det.boxes, det.labels, det.scores, class_names=predictor.class_names)
-            name = f"{path.stem}.png" if f"{path.stem}.png" not in used_names else f"{path.stem}_{image_id}.png"
-            used_names.add(name)
-            drawn.save(out / name)
+            stem = path.stem if path.stem not in used_stems else f"{path.stem}_{image_id}"
+            used_stems.add(stem)
+            name = stem + drawing_suffix(path, format)
+            save_drawing(drawn, out / name)
             entries.append({"id": image_id, "file_name": str(path), "width": drawn.width, "height": drawn.height, "drawn": name})
             results += det.to_coco(image_id, category_ids)
     (out / "predictions.json").write_text(json.dumps(results))

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from plaindet.data.images import read_image
-from plaindet.errors import DatasetError
+from plaindet.errors import ConfigError, DatasetError
 
-__all__ = ["PALETTE", "class_color", "draw", "run_show"]
+__all__ = ["DRAW_FORMATS", "PALETTE", "class_color", "draw", "drawing_suffix", "run_show", "save_drawing"]
 
 # 20 colors, far apart in hue and lightness, so neighbouring class indices look different.
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(
@@ -32,6 +32,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = tuple(
 )  # fmt: skip
 
 _GRID_CELL = 320  # side of one contact-sheet thumbnail, in pixels
+DRAW_FORMATS = ("auto", "png", "jpg")
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+_JPEG_QUALITY = 90
 _GRID_MAX = 16  # thumbnails on the contact sheet
 
 
@@ -181,6 +184,26 @@ def draw(
     return img
 
 
+def drawing_suffix(source: str | Path, format: str = "auto") -> str:
+    """The suffix a drawing of the image file ``source`` is saved with: ``format`` ``"png"`` or
+    ``"jpg"``, or ``"auto"``: ``.jpg`` for a JPEG input (a PNG of a photo is several times its JPEG:
+    coco128's 6.4 MB of JPEGs drew as 35 MB of PNGs), ``.png`` for anything else (lossless stays
+    lossless)."""
+    if format not in DRAW_FORMATS:
+        raise ConfigError(f"unknown drawing format {format!r}; choose one of: {', '.join(DRAW_FORMATS)}")
+    if format == "auto":
+        return ".jpg" if Path(source).suffix.lower() in _JPEG_SUFFIXES else ".png"
+    return f".{format}"
+
+
+def save_drawing(image: Image.Image, path: str | Path) -> None:
+    """Save a drawing as its suffix says: JPEG (quality 90) or PNG."""
+    if Path(path).suffix.lower() in _JPEG_SUFFIXES:
+        image.convert("RGB").save(path, quality=_JPEG_QUALITY)
+    else:
+        image.save(path)
+
+
 def _contact_sheet(tiles: list[tuple[str, Image.Image]]) -> Image.Image:
     """Thumbnails on a grid of ``_GRID_CELL`` squares, 4 per row, each captioned with its file stem."""
     cols = min(4, len(tiles))
@@ -199,11 +222,12 @@ def _contact_sheet(tiles: list[tuple[str, Image.Image]]) -> Image.Image:
     return sheet
 
 
-def run_show(path: str | Path, out: str | Path, n: int = 16, split: str = "train", seed: int = 0) -> int:
+def run_show(path: str | Path, out: str | Path, n: int = 16, split: str = "train", seed: int = 0, format: str = "auto") -> int:
     """Render the ground truth of ``n`` randomly chosen images (``plaindet data show``).
 
-    Writes ``OUT/<image stem>.png`` per image (``<stem>_<image_id>.png`` when two images share a
-    stem) and ``OUT/grid.png``, a contact sheet of the first 16. Crowd regions are drawn with a dashed
+    Writes ``OUT/<image stem>.jpg`` or ``.png`` per image (``format``, see :func:`drawing_suffix`;
+    ``<stem>_<image_id>`` when two images share a stem) and ``OUT/grid.png``, a contact sheet of
+    the first 16. Crowd regions are drawn with a dashed
     outline in their class color, labeled "<name> (crowd)". The choice of images is a pure function
     of ``seed``.
 
@@ -213,6 +237,7 @@ def run_show(path: str | Path, out: str | Path, n: int = 16, split: str = "train
     from plaindet.data import load_dataset
 
     out = Path(out)
+    drawing_suffix("", format)  # an unknown format fails before anything is read or written
     dataset = load_dataset(path, split=split)
     if len(dataset) == 0:
         raise DatasetError(f"the {split!r} split of {path} has no images")
@@ -235,7 +260,7 @@ def run_show(path: str | Path, out: str | Path, n: int = 16, split: str = "train
         used_names.add(name)
         names, crowd = dataset.class_names, sample.iscrowd
         crowd_regions += int(crowd.sum())
-        draw(pixels, sample.boxes, sample.labels, class_names=names, crowd=crowd).save(out / f"{name}.png")
+        save_drawing(draw(pixels, sample.boxes, sample.labels, class_names=names, crowd=crowd), out / f"{name}{drawing_suffix(sample.image_path, format)}")
 
         if len(tiles) < _GRID_MAX:
             # Draw the thumbnail at its own size, so its labels are readable on the sheet.
@@ -252,6 +277,6 @@ def run_show(path: str | Path, out: str | Path, n: int = 16, split: str = "train
     crowd_note = f" {crowd_regions} crowd regions are drawn dashed." if crowd_regions else ""
     print(
         f"Wrote {len(chosen) - failed} labeled images of the {split!r} split ({len(dataset)} images{skipped}) "
-        f"to {out}/<stem>.png, and a contact sheet to {out / 'grid.png'}.{crowd_note}"
+        f"to {out}/<stem>{'.jpg or .png' if format == 'auto' else '.' + format}, and a contact sheet to {out / 'grid.png'}.{crowd_note}"
     )
     return 0

@@ -20,7 +20,7 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,14 +46,23 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     The temporary file lives in the same folder (a rename is only atomic within one file system) and
     is fsynced before the rename, so a crash at any instant leaves either the old file or the new
     one, never a torn file. On failure (a full disk, say) the temporary file is removed and the
-    previous file is left untouched.
+    previous file is left untouched. The file gets the mode any new file gets (0666 less the
+    umask), not ``tempfile.mkstemp``'s owner-only 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # created as open() would: the umask applies
+            break
+        except FileExistsError:
+            continue
+    mode = os.stat(tmp).st_mode & 0o777
     try:
         write(tmp)
+        if os.stat(tmp).st_mode & 0o777 != mode:  # a writer that replaced the file (safetensors does, with 0600)
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -291,30 +300,60 @@ def _unwrap(sd: dict, where: str) -> dict:
 
 
 def _download(repo_id: str) -> Path:
-    """The first of :data:`HUB_FILENAMES` that the repository has, from the local cache or the Hub."""
+    """The first of :data:`HUB_FILENAMES` that the repository has, from the local cache or the Hub.
+
+    The cache is searched first, with no network at all. Offline (``HF_HUB_OFFLINE``) or with the
+    Hub's host unreachable, the error comes at once: the Hub client would retry each request for
+    about 25 s first.
+    """
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    offline = False
     for filename in HUB_FILENAMES:
         try:
-            # Once the Hub proved unreachable, only look in the cache: each online try costs retries.
-            return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
-        except LocalEntryNotFoundError:  # not cached and no connection (subclass of EntryNotFoundError)
-            offline = True
+            return Path(hf_hub_download(repo_id, filename, local_files_only=True))
+        except EntryNotFoundError:  # not cached (LocalEntryNotFoundError is a subclass)
+            continue
+    if constants.HF_HUB_OFFLINE:
+        raise WeightsError(_offline_message(repo_id, "HF_HUB_OFFLINE is set", constants.HF_HUB_CACHE))
+    if not _hub_reachable(constants.ENDPOINT):
+        raise WeightsError(_offline_message(repo_id, f"{constants.ENDPOINT} is unreachable", constants.HF_HUB_CACHE))
+    for filename in HUB_FILENAMES:
+        try:
+            return Path(hf_hub_download(repo_id, filename))
+        except LocalEntryNotFoundError:  # the connection failed after all (subclass of EntryNotFoundError)
+            raise WeightsError(_offline_message(repo_id, "the Hugging Face Hub is unreachable", constants.HF_HUB_CACHE)) from None
         except EntryNotFoundError:  # the repository has no such file: try the next name
             continue
         except RepositoryNotFoundError as e:
             raise WeightsError(f"{repo_id!r}: no such repository on the Hugging Face Hub (or it is private)") from e
-    if offline:
-        raise WeightsError(
-            f"Can't download the weights of {repo_id!r}: the Hugging Face Hub is unreachable and they are not in the "
-            f"local cache ({constants.HF_HUB_CACHE}). On a machine with internet, download one of "
-            f"{', '.join(HUB_FILENAMES)} from https://huggingface.co/{repo_id} (for instance "
-            f"`hf download {repo_id} {HUB_FILENAMES[0]}`, which fills the cache; copy the cache over), "
-            "or pass the downloaded file's local path (or its folder) instead of the Hub id."
-        )
     raise WeightsError(f"{repo_id!r} has none of the weight files {', '.join(HUB_FILENAMES)}")
+
+
+def _offline_message(repo_id: str, why: str, cache: str) -> str:
+    return (
+        f"Can't download the weights of {repo_id!r}: {why}, and they are not in the local cache ({cache}). Point at a "
+        f"local copy instead: backbone_weights='/path/to/{HUB_FILENAMES[0]}' (--backbone-weights on the command line), "
+        f"a file or its folder. To get one, on a machine with internet download one of {', '.join(HUB_FILENAMES)} from "
+        f"https://huggingface.co/{repo_id} (for instance `hf download {repo_id} {HUB_FILENAMES[0]}`, which fills the "
+        "cache; copy the cache over)."
+    )
+
+
+def _hub_reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the Hub's host opens (one try, ``timeout`` seconds). Behind a proxy
+    (``HTTPS_PROXY``, ``ALL_PROXY``) the host may only be reachable through it: assumed reachable."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def listing(names: list[str], limit: int = 20) -> str:

@@ -4,7 +4,8 @@ Every split is converted. The output is built in a hidden folder next to ``out``
 ``out`` only when complete, so an interrupted conversion never leaves a half-written dataset; an
 existing ``out`` that is not empty is refused. Images are hard-linked when the file system allows
 it (no extra space; the output then shares the image files with the source, so editing one in
-place edits both) and copied otherwise.
+place edits both; the summary says so) and copied otherwise, or always with ``copy=True``
+(``--copy``).
 
 Layouts written (both read back by :func:`~plaindet.data.formats.load_dataset`):
 
@@ -61,14 +62,19 @@ class ConvertResult:
     to: str
     splits: list[SplitResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    linked: int = 0  # images hard-linked to the source's files
+    copied: int = 0
 
     @property
     def source_errors(self) -> int:
         return sum(len(s.report.errors) for s in self.splits)
 
 
-def convert_dataset(src: str | Path, to: str, out: str | Path) -> ConvertResult:
+def convert_dataset(src: str | Path, to: str, out: str | Path, *, copy: bool = False) -> ConvertResult:
     """Convert every split of the dataset at ``src`` to format ``to`` (``"coco"`` or ``"yolo"``) in ``out``.
+
+    Images are hard-linked to the source's files where the file system allows (counted in
+    ``linked``), else copied (``copied``); ``copy=True`` always copies.
 
     Problems in the source are not fatal: what the reader could read is written, and each split's
     :class:`SplitResult` carries the reader's report.
@@ -97,7 +103,9 @@ def convert_dataset(src: str | Path, to: str, out: str | Path) -> ConvertResult:
             dataset = load_dataset(src, source_name)
             datasets.append(dataset)
             file_names = _unique_names(dataset)
-            _place_images(dataset, file_names, staging / "images" / name)
+            linked = _place_images(dataset, file_names, staging / "images" / name, copy=copy)
+            result.linked += linked
+            result.copied += len(dataset.samples) - linked
             if to == "coco":
                 split = _write_coco_split(dataset, file_names, staging, name)
             else:
@@ -145,14 +153,21 @@ def _unique_names(dataset: DetectionDataset) -> list[str]:
     return names
 
 
-def _place_images(dataset: DetectionDataset, file_names: list[str], folder: Path) -> None:
+def _place_images(dataset: DetectionDataset, file_names: list[str], folder: Path, *, copy: bool) -> int:
+    """Hard-link (or with ``copy``, copy) each image into ``folder``; returns how many were linked."""
     folder.mkdir(parents=True, exist_ok=True)
+    linked = 0
     for sample, name in zip(dataset.samples, file_names):
         target = folder / name
-        try:
-            os.link(sample.image_path, target)
-        except OSError:  # another file system, or links not supported: copy instead
-            shutil.copy2(sample.image_path, target)
+        if not copy:
+            try:
+                os.link(sample.image_path, target)
+                linked += 1
+                continue
+            except OSError:  # another file system, or links not supported: copy instead
+                pass
+        shutil.copy2(sample.image_path, target)
+    return linked
 
 
 def _write_coco_split(dataset: DetectionDataset, file_names: list[str], root: Path, name: str) -> SplitResult:
@@ -209,13 +224,14 @@ def _has_own_areas(sample: Sample) -> bool:
     return not np.allclose(sample.areas[keep], box_areas, rtol=1e-4, atol=1e-2)
 
 
-def run_convert(src: str | Path, to: str, out: str | Path, *, console=None) -> int:
-    """Convert and print a summary; return 0, or 1 when the source had errors (what could be read is
-    written). Raises :class:`~plaindet.errors.DatasetError` when nothing could be written."""
+def run_convert(src: str | Path, to: str, out: str | Path, *, copy: bool = False, console=None) -> int:
+    """Convert and print a summary (saying how the images were placed: hard links share the source's
+    files); return 0, or 1 when the source had errors (what could be read is written). Raises
+    :class:`~plaindet.errors.DatasetError` when nothing could be written."""
     from rich.console import Console
 
     console = console or Console()
-    result = convert_dataset(src, to, out)
+    result = convert_dataset(src, to, out, copy=copy)
     for s in result.splits:
         renamed = f" (from {s.source_name})" if s.source_name != s.name else ""
         problems = f"; source problems: {s.report.summary()}" if s.report.problems else ""
@@ -223,6 +239,14 @@ def run_convert(src: str | Path, to: str, out: str | Path, *, console=None) -> i
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"wrote {result.to} dataset to {result.out}", highlight=False)
+    if result.linked:
+        console.print(
+            f"images: {result.linked} hard-linked to the source's files (no extra space, but editing one in place edits "
+            f"both; --copy makes copies){f', {result.copied} copied' if result.copied else ''}",
+            highlight=False,
+        )
+    elif result.copied:
+        console.print(f"images: {result.copied} copied", highlight=False)
     if result.source_errors:
         console.print(
             f"[bold red]{result.source_errors} errors in the source[/]: those images or boxes are not in the "

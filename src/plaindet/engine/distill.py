@@ -55,7 +55,7 @@ def pseudo_label(teacher, images: list[Path], threshold: float, image_size: int 
     from tqdm.auto import tqdm
 
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="teacher labels", leave=False, dynamic_ncols=True):
+    for start in tqdm(range(0, len(images), batch_size), desc="teacher labels", leave=False, dynamic_ncols=True, disable=None):  # None: off without a terminal
         chunk = images[start : start + batch_size]
         for path, det in zip(chunk, teacher.predict(chunk, threshold=threshold, image_size=image_size)):
             w, h = read_size(path)

@@ -1,9 +1,13 @@
-"""What a run records: per-step and per-epoch metrics (JSON lines and CSV), TensorBoard, and plots.
+"""What a run records: per-step and per-epoch metrics (JSON lines and CSV), TensorBoard, and plots;
+and what it shows while it runs.
 
 ``steps.jsonl``/``steps.csv`` get one row per optimizer step (loss, its parts, learning rate);
 ``metrics.jsonl``/``metrics.csv`` one row per epoch (loss, validation AP...). A resumed run first
 cuts every log back to the checkpoint's step, so the logs of an interrupted and resumed run equal
 those of an uninterrupted one. Only the main process creates a :class:`RunLog`.
+
+On a terminal the run shows a progress bar; when its output is a file or a pipe, a bar's every
+redraw would land in the log as a line, so :class:`ProgressLines` prints a plain line now and then.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +153,34 @@ class RunLog:
             plt.close(fig)
             written.append(out / "val_ap.png")
         return written
+
+
+class ProgressLines:
+    """A progress bar's interface (``update``, ``set_postfix``, ``close``) that prints plain lines
+    instead, for output that is not a terminal: one line every ``every`` batches, or with ``every``
+    0 at most one every ``seconds``, and one at the last batch. ``stream``: where the bar would have
+    drawn (default ``sys.stderr``)."""
+
+    def __init__(self, *, total: int, initial: int, desc: str, every: int = 0, seconds: float = 30.0, stream=None) -> None:
+        self.total, self.n, self.desc, self.every, self.seconds = total, initial, desc, every, seconds
+        self.stream = stream
+        self.postfix: dict[str, str] = {}
+        self._start = self._last = time.monotonic()
+        self._first = initial
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = values
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        due = self.n % self.every == 0 if self.every else now - self._last >= self.seconds
+        if due or self.n == self.total:
+            self._last = now
+            done = self.n - self._first
+            rate = f", {(now - self._start) / done:.2f} s/batch" if done else ""
+            values = "".join(f"  {k} {v}" for k, v in self.postfix.items())
+            print(f"{self.desc}  batch {self.n}/{self.total}{values}  ({now - self._start:.0f}s{rate})", file=self.stream or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass

@@ -6,10 +6,13 @@ A run folder gets:
 
 - ``config.yaml``: the resolved :class:`TrainConfig`, the model config and the plaindet version;
   ``plaindet train --config run/config.yaml`` repeats the run.
-- ``last.safetensors`` (every epoch, every ``save_every_steps`` steps and on SIGINT/SIGTERM),
-  ``best.safetensors`` (highest validation AP) and ``epoch_NNNN.safetensors`` (every ``save_every``
-  epochs): full training states (see :mod:`plaindet.engine.train_state`), each loadable
-  with :func:`plaindet.load` and resumable with ``--resume``.
+- ``last.safetensors`` (every epoch, every ``save_every_steps`` steps and on SIGINT/SIGTERM) and
+  ``epoch_NNNN.safetensors`` (every ``save_every`` epochs): full training states (see
+  :mod:`plaindet.engine.train_state`), each loadable with :func:`plaindet.load` and resumable with
+  ``--resume``.
+- ``best.safetensors`` (highest validation AP): the deployable weights only, the EMA the run
+  evaluated and the model config (``model.save``'s format, a quarter of a training state), the
+  file to predict with, export and share; it does not resume.
 - ``backbone.safetensors`` when the backbone is frozen (pretrained weights, LoRA or neck-only
   recipes): the backbone, stored once; the checkpoints then hold only what trains and find it by
   its hash (``backbone_store``, see :mod:`plaindet.engine.backbone_store`).
@@ -32,6 +35,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -161,17 +165,34 @@ def _find_resume(cfg: TrainConfig) -> Path | None:
     return path
 
 
+# With a time limit, the optimizer steps that fit are estimated from this many steps' speed.
+PROBE_STEPS = 10
+
+
+def _position(progress: dict, epochs: int) -> str:
+    """Where a checkpoint's run stands, numbered as the progress bar and the epoch lines are (from 1)."""
+    epoch, batch, step = progress["epoch"] + 1, progress["batch"], progress["step"]
+    if batch:
+        return f"epoch {epoch}/{epochs} after its batch {batch}, step {step}"
+    return f"start of epoch {epoch}/{epochs}, step {step}" if epoch <= epochs else f"finished ({epochs} epochs), step {step}"
+
+
 @dataclass
 class Progress:
     """Where a run is: ``epoch`` (0-based, the one in progress or next), ``batch`` (batches of it
-    already done), ``step`` (optimizer steps so far), ``best`` (the best epoch's record) and
-    ``bad_steps`` (non-finite steps in a row). Saved in every checkpoint as a JSON dict."""
+    already done), ``step`` (optimizer steps so far), ``best`` (the best epoch's record),
+    ``bad_steps`` (non-finite steps in a row), ``schedule_steps`` (where the learning-rate schedule
+    ends: the epochs' steps, or fewer to fit ``max_steps`` or ``time_limit``) and ``elapsed``
+    (seconds of training before this process, so times add up across resumes). Saved in every
+    checkpoint as a JSON dict."""
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
     best: dict = field(default_factory=dict)
     bad_steps: int = 0
+    schedule_steps: int = 0
+    elapsed: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -237,7 +258,7 @@ class _Run:
         ckpt = TrainState(resume_path) if resume_path is not None else None
         if ckpt is not None:
             cfg = resumed_config(cfg, ckpt.train_config)
-            log.info("resuming %s at epoch %d, step %d", resume_path, ckpt.progress["epoch"], ckpt.progress["step"])
+            log.info("resuming %s: %s", resume_path, _position(ckpt.progress, cfg.epochs))
         self.cfg, self.world, self.out = cfg, world, Path(cfg.out)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -281,9 +302,12 @@ class _Run:
         fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), lr=cfg.lr, betas=(0.9, 0.999), fused=fused)
         steps_per_epoch = math.ceil(len(self.loader) / cfg.accumulate)
-        self.total_steps = cfg.epochs * steps_per_epoch
+        # The schedule spans the epochs, or max_steps when that ends the run first; with a time limit
+        # it is fitted to the limit once the first steps' speed is known (see _fit_schedule).
+        self.planned_steps = cfg.epochs * steps_per_epoch
         if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
+            self.planned_steps = min(self.planned_steps, cfg.max_steps)
+        self.total_steps = self.planned_steps
         self.milestones = tuple(e * steps_per_epoch for e in cfg.step_epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -291,6 +315,9 @@ class _Run:
         if ckpt is not None:
             ckpt.restore(self.model, self.ema, self.optimizer, self.scaler)  # RNG states last: nothing after this may draw
             self.progress = Progress.from_dict(ckpt.progress)
+            if cfg.time_limit and self.progress.schedule_steps:  # the fitted schedule, until this process measures its own
+                self.total_steps = min(self.planned_steps, max(self.progress.schedule_steps, self.progress.step))
+        self.progress.schedule_steps = self.total_steps
         # DDP averages gradients over processes; the criterion's normalizer makes that equal the
         # one-process gradient of the whole global batch (see plaindet.ops.losses.loss_normalizer).
         self.net = (
@@ -306,10 +333,15 @@ class _Run:
                 cfg.model, sum(p.numel() for p in self.model.parameters()) / 1e6, n_train / 1e6, self.total_steps,
                 cfg.batch_size * cfg.accumulate, world.world_size,
             )  # fmt: skip
+            if self.total_steps < cfg.epochs * steps_per_epoch:  # max_steps ends the run (and the schedule) early
+                self._warn_if_within_warmup(self.total_steps)
         self.runlog = self._open_run_folder(resumed=ckpt is not None) if world.is_main else None
         self.record: dict = {}
-        self.start = time.time()
+        self.start, self._elapsed_before = time.time(), self.progress.elapsed
         self.out_of_budget = bool(cfg.max_steps and self.progress.step >= cfg.max_steps)
+        self.stop_reason = f"max_steps {cfg.max_steps} reached" if self.out_of_budget else ""
+        self._clock: tuple[float, int] | None = None  # (time, step) after this process's first step
+        self._fitted = False
         self._window: list[dict[str, float]] = []  # the losses of the batches accumulated into this step
         self._window_bad = False
         self._bar = None
@@ -382,15 +414,20 @@ class _Run:
     # --- one epoch of steps ---
 
     def epoch_batches(self, epoch: int):
-        """``(index, batch)`` of ``epoch``, from where a resumed run stopped; shows a progress bar."""
+        """``(index, batch)`` of ``epoch``, from where a resumed run stopped; shows a progress bar on a
+        terminal, plain lines now and then otherwise (a log file: see :class:`~plaindet.engine.logs.ProgressLines`)."""
         from tqdm.auto import tqdm
+
+        from plaindet.engine.logs import ProgressLines
 
         first = self.progress.batch if epoch == self.progress.epoch else 0
         self.net.train()
         self.loader.set_epoch(epoch, start_batch=first)
-        self._bar = tqdm(
-            total=len(self.loader), initial=first, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True, disable=not self.world.is_main
-        )
+        desc = f"epoch {epoch + 1}/{self.cfg.epochs}"
+        if self.world.is_main and not sys.stderr.isatty():
+            self._bar = ProgressLines(total=len(self.loader), initial=first, desc=desc, every=self.cfg.log_every)
+        else:
+            self._bar = tqdm(total=len(self.loader), initial=first, desc=desc, leave=False, dynamic_ncols=True, disable=not self.world.is_main)
         try:
             for i, batch in enumerate(self.loader, start=first):
                 yield i, batch
@@ -480,13 +517,55 @@ class _Run:
             self.save(self.out / "last.safetensors")
 
     def check_budget(self) -> bool:
-        """Whether ``max_steps`` or ``time_limit`` (on any process) ends training now."""
+        """Whether ``max_steps`` or ``time_limit`` (on any process) ends training now; says which in
+        ``stop_reason``. With a time limit, fits the schedule once :data:`PROBE_STEPS` steps are timed."""
         from plaindet.engine.distributed import any_true
 
-        cfg = self.cfg
-        over_time = bool(cfg.time_limit) and time.time() - self.start > 60 * cfg.time_limit
-        self.out_of_budget = bool(cfg.max_steps and self.progress.step >= cfg.max_steps) or any_true(over_time, self.world)
+        cfg, p = self.cfg, self.progress
+        over_time = any_true(bool(cfg.time_limit) and time.time() - self.start > 60 * cfg.time_limit, self.world)
+        if cfg.max_steps and p.step >= cfg.max_steps:
+            self.stop_reason = f"max_steps {cfg.max_steps} reached"
+        elif over_time:
+            self.stop_reason = f"time limit of {cfg.time_limit:g} min reached"
+        self.out_of_budget = bool(self.stop_reason)
+        if cfg.time_limit and not self.out_of_budget:
+            self._fit_schedule()
         return self.out_of_budget
+
+    def _fit_schedule(self, epoch_end: bool = False) -> None:
+        """With a time limit: end the schedule at the step the limit will stop the run at, estimated
+        from this process's speed since its first step (which holds start-up costs, so it is not
+        timed); first after :data:`PROBE_STEPS` steps, then every :data:`PROBE_STEPS` steps and at
+        every epoch's end (``epoch_end``), so it follows the speed, evaluations included. Rank 0's
+        estimate is every rank's."""
+        from plaindet.engine.distributed import broadcast
+
+        cfg, p, now = self.cfg, self.progress, time.time()
+        if self._clock is None:
+            self._clock = (now, p.step)
+            return
+        t0, s0 = self._clock
+        timed = p.step - s0
+        if timed < PROBE_STEPS or (self._fitted and not epoch_end and timed % PROBE_STEPS):
+            return
+        seconds_per_step = (now - t0) / timed
+        fit = p.step + int(max(0.0, 60 * cfg.time_limit - (now - self.start)) / seconds_per_step)
+        total = broadcast(max(p.step + 1, min(self.planned_steps, fit)), self.world)
+        if self.world.is_main and (not self._fitted or abs(total - self.total_steps) > 0.1 * self.total_steps):
+            log.info(
+                "time limit %g min: about %d steps fit at %.2f s/step (measured over steps %d-%d); the learning-rate schedule ends at step %d%s",
+                cfg.time_limit, fit, seconds_per_step, s0 + 1, p.step, total, "" if total < self.planned_steps else f" ({cfg.epochs} epochs fit)",
+            )  # fmt: skip
+            self._warn_if_within_warmup(total)
+        self._fitted = True
+        self.total_steps = p.schedule_steps = total
+
+    def _warn_if_within_warmup(self, total: int) -> None:
+        if total <= self.cfg.warmup_steps:
+            log.warning(
+                "the schedule ends at step %d, within the %d warmup steps: the learning rate never reaches its peak nor decays; "
+                "lower --warmup-steps for a run this short", total, self.cfg.warmup_steps,
+            )  # fmt: skip
 
     # --- the end of an epoch ---
 
@@ -497,29 +576,39 @@ class _Run:
         if not self.out_of_budget or p.batch == len(self.loader):  # the epoch is complete
             p.epoch, p.batch = epoch + 1, 0
         losses = [r["loss"] for r in (self.runlog.steps.rows if self.runlog else []) if r.get("epoch") == epoch + 1 and "loss" in r]
-        record = {"epoch": epoch + 1, "step": p.step, "loss": float(np.mean(losses)) if losses else float("nan"), "time": round(time.time() - self.start, 1)}
+        record = {"epoch": epoch + 1, "step": p.step, "loss": float(np.mean(losses)) if losses else float("nan")}
         finished = epoch + 1 == cfg.epochs or self.out_of_budget
         if cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or finished):
             metrics = self._evaluate()
             if metrics is not None:
                 record.update({k: v for k, v in metrics.stats.items() if k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")})
+        record["time"] = round(self.elapsed(), 1)  # since the run began, resumes included
+        if cfg.time_limit and not finished:
+            # A limit the evaluation went past ends the run now: the weights just evaluated are the last.
+            finished = self.check_budget()
+            if not finished and self._fitted:
+                self._fit_schedule(epoch_end=True)  # the speed now includes an evaluation
         self.record = record
         if self.world.is_main:
             if record.get("AP") is not None and record["AP"] >= p.best.get("AP", -1.0):
                 p.best = dict(record)
-                self.save(self.out / "best.safetensors")  # before last: a kill in between re-runs this epoch
+                self.save_best()  # before last: a kill in between re-runs this epoch
             self.runlog.epoch(record)
             if not self.save(self.out / "last.safetensors") and finished:
                 raise OSError(f"training finished but {self.out / 'last.safetensors'} could not be written; see the error above")
             if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
                 self.save(self.out / f"epoch_{epoch + 1:04d}.safetensors")
-            print(
-                f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  "
-                + "  ".join(f"{k} {record[k]:.3f}" for k in ("AP", "AP50", "AP75") if record.get(k) is not None)
-                + f"  ({record['time']:.0f}s)",
-                flush=True,
-            )
+            stopped = ""
+            if self.out_of_budget and not (epoch + 1 == cfg.epochs and p.batch == 0):  # not when the limit fell on the last step
+                cut = f" after batch {p.batch} of {len(self.loader)}" if p.batch else ""
+                stopped = f"  stopped: {self.stop_reason} at step {p.step}{cut}"
+            scores = [f"{k} {record[k]:.3f}" for k in ("AP", "AP50", "AP75") if record.get(k) is not None]
+            print("  ".join([f"epoch {epoch + 1}/{cfg.epochs}", f"loss {record['loss']:.4f}", *scores, f"({record['time']:.0f}s)"]) + stopped, flush=True)
         return finished
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, the time before a resume included."""
+        return self._elapsed_before + time.time() - self.start
 
     def _evaluate(self):
         """COCO metrics on the main process; each process predicts every ``world_size``-th image, in
@@ -543,10 +632,25 @@ class _Run:
             return True
         self._check_backbone_frozen()
         try:
+            self.progress.elapsed = round(self.elapsed(), 3)
             save_train_state(
                 path, model=self.model, ema=self.ema, optimizer=self.optimizer, scaler=self.scaler, train_config=self._saved_config(),
                 progress=self.progress.to_dict(), backbone=self.backbone,
             )  # fmt: skip
+            return True
+        except OSError as e:
+            log.error("could not write %s (%s); the previous %s is intact", path, e.strerror or e, path.name)
+            return False
+
+    def save_best(self) -> bool:
+        """Write ``best.safetensors``: the evaluated weights (EMA) and config, nothing to resume with
+        (main process only); a failed write keeps the old file."""
+        from plaindet.engine.train_state import save_deployable
+
+        path = self.out / "best.safetensors"
+        self._check_backbone_frozen()
+        try:
+            save_deployable(path, self.final, backbone=self.backbone, record=self.progress.best)
             return True
         except OSError as e:
             log.error("could not write %s (%s); the previous %s is intact", path, e.strerror or e, path.name)
@@ -572,7 +676,7 @@ class _Run:
         if self.runlog is not None:
             if not p.best:
                 p.best = dict(self.record)
-                self.save(self.out / "best.safetensors")
+                self.save_best()
             self.runlog.plot()
             self.runlog.close()
         return broadcast(p.best or self.record, self.world)

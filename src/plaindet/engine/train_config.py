@@ -58,8 +58,13 @@ class TrainConfig:
 
     ``max_bad_steps``: that many non-finite losses (or gradients) in a row stop the run; isolated
     ones skip their step. ``max_steps`` > 0 ends training after that many optimizer steps, and
-    ``time_limit`` > 0 after the step that passes that many minutes (then evaluates and saves; the
-    schedule still spans ``epochs``, so compare time-limited runs only with each other).
+    ``time_limit`` > 0 after the step that passes that many minutes (then evaluates and saves, and
+    the epoch's line says why the run stopped). The cosine schedule ends where the run will: at
+    ``max_steps``, or with a time limit at the step estimated from the first steps' speed (and
+    again every 10 steps and after each epoch, evaluation included; the log says what it
+    estimated), so a
+    time-limited run's rate decays too; the estimate depends on the machine's speed, so a
+    time-limited run is not reproducible step for step.
     """
 
     model: str = setting("plaindet-t", help="A registered model (see `plaindet models`).")
@@ -103,8 +108,9 @@ class TrainConfig:
     resume: str = setting("", help="'auto' (continue OUT/last.safetensors if any) or a checkpoint to continue.")
     max_bad_steps: int = setting(5, help="Stop after this many non-finite steps in a row.")
     max_steps: int = setting(0, help="Stop after N optimizer steps (0: no limit).")
-    time_limit: float = setting(0.0, help="Stop after this many minutes, then evaluate and save (0: no limit).")
+    time_limit: float = setting(0.0, help="Stop after this many minutes, then evaluate and save; the schedule is fitted to it (0: no limit).")
     tensorboard: bool = setting(False, help="Write TensorBoard events (extra: tensorboard).")
+    log_every: int = setting(0, help="Output not a terminal (a log file): a progress line every N batches instead of a bar (0: every 30 s).")
     device: str = setting("", help="cpu, cuda, cuda:1 (default: cuda if available).")
     shapes_train: int = setting(2000, help="--data shapes: training images.")
     shapes_val: int = setting(200, help="--data shapes: validation images.")
@@ -129,7 +135,7 @@ class TrainConfig:
 
 
 # Settings a resumed run may change: how long it runs and how it reports, never what it computes.
-RESUME_OVERRIDABLE = ("out", "epochs", "max_steps", "time_limit", "eval_every", "save_every", "save_every_steps", "workers", "tensorboard", "max_bad_steps", "device")
+RESUME_OVERRIDABLE = ("out", "epochs", "max_steps", "time_limit", "eval_every", "save_every", "save_every_steps", "workers", "tensorboard", "log_every", "max_bad_steps", "device")
 
 
 def resolve_config(given: dict[str, Any], config_file: str | Path | None = None, sets: dict[str, Any] | None = None) -> TrainConfig:

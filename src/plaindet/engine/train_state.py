@@ -1,4 +1,8 @@
-"""The resumable training state: everything a run needs to continue bit for bit, in one safetensors file.
+"""The two kinds of file a run writes: the resumable training state (``last``, ``epoch_N``) and the
+deployable weights (``best``).
+
+**Training state** (:func:`save_train_state`): everything a run needs to continue bit for bit, in one
+safetensors file.
 
 A checkpoint holds the model's raw weights (``model.*``), its EMA (``ema.*``, only the tensors that
 differ from the raw ones: a frozen backbone is stored once), the optimizer's tensors
@@ -11,6 +15,12 @@ With a frozen backbone the header also holds a :class:`~plaindet.engine.backbone
 (the backbone's SHA-256 and where it is), and unless the run keeps it in every file the ``model.*``
 tensors leave the backbone out: the checkpoint holds only what trains (see
 :mod:`plaindet.engine.backbone_store`), and loading or resuming finds the backbone by the record.
+
+**Deployable weights** (:func:`save_deployable`): what users predict with, export and share: the
+weights the run evaluated (the EMA) and the model config, in the format of ``model.save``
+(:data:`~plaindet.models.base.CHECKPOINT_FORMAT`), about a quarter of a training state (no raw
+weights, optimizer moments or RNG). With a stored frozen backbone it leaves the backbone out and
+records it as the training state does.
 
 Files are written through :func:`plaindet.weights.atomic_write` (temporary file, fsync, rename),
 so a kill at any instant leaves the previous checkpoint or the new one, never a torn file. Nothing is
@@ -31,6 +41,7 @@ from torch import Tensor
 
 from plaindet.config import to_dict
 from plaindet.engine.backbone_store import BackboneRecord, backbone_keys, check_digest, frozen_backbone
+from plaindet.models.base import CHECKPOINT_FORMAT
 from plaindet.errors import CheckpointError
 from plaindet.version import __version__
 from plaindet.weights import read_config, read_safetensors, save_safetensors
@@ -121,6 +132,24 @@ def save_train_state(
     }
     if backbone is not None:
         header["backbone"] = backbone.to_json()
+    return save_safetensors(tensors, path, header)
+
+
+def save_deployable(path: str | os.PathLike, model: torch.nn.Module, *, backbone: BackboneRecord | None = None, record: dict | None = None) -> Path:
+    """Write ``model``'s weights and config (``model.save``'s format, read by :func:`plaindet.load`), atomically.
+
+    ``model``: the weights to ship (a run's EMA module). ``backbone``: the frozen backbone's record;
+    unless it is ``inline`` the backbone's tensors are left out and the record goes into the header
+    (loading finds the backbone by it). ``record``: the epoch's metrics, kept in the header as JSON
+    (``metrics``) so a shared file says what it scored.
+    """
+    left_out = backbone_keys(model) if backbone is not None and not backbone.inline else set()
+    tensors = {k: v for k, v in model.state_dict().items() if k not in left_out}
+    header = {"format": CHECKPOINT_FORMAT, "plaindet_version": __version__, "config": json.dumps(to_dict(model.config))}
+    if backbone is not None:
+        header["backbone"] = backbone.to_json()
+    if record:
+        header["metrics"] = json.dumps(record)
     return save_safetensors(tensors, path, header)
 
 

@@ -287,7 +287,6 @@ def run_benchmark(
 
     rows: list[BenchmarkRow] = []
     common = dict(size=size, batch=batch, threads=threads, runs=runs, warmup=warmup)
-    label = model or Path(weights).name
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(workdir or tmp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -298,6 +297,7 @@ def run_benchmark(
 
         logging.getLogger("plaindet").setLevel(logging.ERROR)
         net = plaindet.load(weights) if weights else plaindet.create_model(model)
+        label = model or net.config.name  # the model, not the file name (format_table names the file)
         log(f"exporting {label} to ONNX at {size} px ...")
         fp32 = export_onnx(net, folder / "fp32.onnx", image_size=size, dynamic_batch=batch > 1)
         log("quantizing: int8-dynamic ...")
@@ -345,15 +345,18 @@ def run_benchmark(
     return rows
 
 
-def format_table(rows: list[BenchmarkRow], *, size: int, threads: int) -> str:
+def format_table(rows: list[BenchmarkRow], *, size: int, threads: int, weights: str | os.PathLike | None = None) -> str:
     """The rows as a plain-text table; ``vs first`` is each row's median latency over the first row's.
+    The model column is as wide as its longest name; a last line says what ``size MB`` measures.
+    ``weights``: the checkpoint benchmarked, named (with its size on disk) under the title.
 
     With rows of other models (``--compare``), a second table gives their latency and peak memory
     over the first model's at the same precision.
     """
     base = rows[0]
+    width = max(14, *(len(r.model) for r in rows))
     header = (
-        f"{'model':<14} {'backend':<12} {'precision':<13} {'size MB':>8} {'median ms':>10} {'p90 ms':>8} "
+        f"{'model':<{width}} {'backend':<12} {'precision':<13} {'size MB':>8} {'median ms':>10} {'p90 ms':>8} "
         f"{'img/s':>7} {'peak RSS MB':>12} {'vs first':>9} {'GFLOPs':>7} {'GFLOP/s':>8} {'of peak':>8}  note"
     )
     peaks = {r.precision: r.peak_gflops for r in rows if r.peak_gflops}
@@ -361,11 +364,13 @@ def format_table(rows: list[BenchmarkRow], *, size: int, threads: int) -> str:
     lines = [f"batch {base.batch}, {size}x{size}, {threads} threads; each row measured in a fresh process", header]
     if measured_peak:
         lines.insert(1, f"matmul peak in this run: {measured_peak}; GFLOPs: 2 per multiply-add, per batch")
+    if weights is not None:
+        lines.insert(1, f"weights: {weights} ({_file_mb(str(weights)):.1f} MB on disk), model {base.model}")
     for r in rows:
         flops = f"{r.flops / 1e9:>7.1f} {r.gflops_per_s:>8.1f}" if r.flops is not None else f"{'-':>7} {'-':>8}"
         share = f"{100 * r.share_of_peak:>7.0f}%" if r.share_of_peak is not None else f"{'-':>8}"
         lines.append(
-            f"{r.model:<14} {r.backend:<12} {r.precision:<13} {r.size_mb:>8.1f} {r.median_ms:>10.0f} {r.p90_ms:>8.0f} "
+            f"{r.model:<{width}} {r.backend:<12} {r.precision:<13} {r.size_mb:>8.1f} {r.median_ms:>10.0f} {r.p90_ms:>8.0f} "
             f"{r.images_per_s:>7.2f} {r.peak_rss_mb:>12.0f} {r.median_ms / base.median_ms:>8.2f}x {flops} {share}  {r.note}"
         )
     ours = {r.precision: r for r in rows if r.model == base.model and r.backend == "pytorch"}
@@ -379,6 +384,10 @@ def format_table(rows: list[BenchmarkRow], *, size: int, threads: int) -> str:
                     f"{r.model + ' ' + r.precision:<48} {r.median_ms / mine.median_ms:>7.2f}x {r.peak_rss_mb / mine.peak_rss_mb:>8.2f}x "
                     f"{r.size_mb / mine.size_mb:>5.2f}x"
                 )
+    lines.append(
+        "size MB: onnxruntime rows the .onnx file on disk; pytorch rows the model's weights in memory (a training "
+        "checkpoint on disk is larger: it also holds the EMA and the optimizer's state)"
+    )
     return "\n".join(lines)
 
 

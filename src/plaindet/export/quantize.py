@@ -70,23 +70,27 @@ class ImageCalibrationReader:
         self.image_size = image_size
         self.input_size = tuple(input_size)
         self.batch_size = batch_size
-        self._next = 0
+        self._next, self._end = 0, len(self.images)
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Read only batches ``start_index`` to ``end_index`` (ONNX Runtime's strided calibration)."""
+        self._next, self._end = start_index * self.batch_size, min(len(self.images), end_index * self.batch_size)
+
     def get_next(self) -> dict[str, np.ndarray] | None:
         from plaindet.detections import pad_batch, resize_long_side, to_rgb_array
 
-        if self._next >= len(self.images):
+        if self._next >= self._end:
             return None
-        chunk = self.images[self._next : self._next + self.batch_size]
+        chunk = self.images[self._next : min(self._end, self._next + self.batch_size)]
         self._next += len(chunk)
         resized = [resize_long_side(to_rgb_array(im), self.image_size) for im in chunk]
         return {self.input_name: pad_batch(resized, *self.input_size)}
 
     def rewind(self) -> None:
-        self._next = 0
+        self._next, self._end = 0, len(self.images)
 
 
 def calibration_images(data: str | os.PathLike, count: int, *, split: str = "train", seed: int = 0) -> list[Path]:
@@ -290,16 +294,58 @@ def _to_int8(
             return
         meta = {p.key: p.value for p in model.metadata_props}
         reader = ImageCalibrationReader(calib_images, model.graph.input[0].name, int(meta["image_size"]), tuple(json.loads(meta["input_size"])))
+        method = getattr(CalibrationMethod, calibrate_method)
+        cache = _calibrate(prepared, reader, method, extra_options, Path(tmp))
         quantize_static(
             str(prepared),
             str(dst),
-            reader,
+            None if cache else reader,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(STATIC_OP_TYPES),
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=exclude,
-            calibrate_method=getattr(CalibrationMethod, calibrate_method),
+            calibrate_method=method,
             extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"], **extra_options},
+            **({"calibration_cache_path": str(cache)} if cache else {}),
         )
+
+
+def _calibrate(prepared: Path, reader: ImageCalibrationReader, method: Any, extra_options: dict[str, Any], tmp: Path) -> Path | None:
+    """The activation ranges of int8-static, computed as ``quantize_static`` computes them but in an
+    ONNX Runtime session without its memory arena and memory pattern, written as the calibration
+    cache ``quantize_static`` then reads; ``None`` (let ``quantize_static`` calibrate) where this
+    onnxruntime has no calibration cache, or for SmoothQuant.
+
+    Why: calibration runs the graph with a min and a max of every quantized tensor as extra
+    outputs, and with the default session the first run fills the arena and the second allocates
+    the memory pattern's block beside it, both kept: plaindet-b at 640 px peaked at 4.9 GB with 1
+    calibration image and 7.8 GB with 2 or more (``benchmarks/bench_quantize_memory.py``). The
+    ranges, hence the file, are the same.
+    """
+    import inspect
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import calibrate
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters or not hasattr(calibrate, "save_tensors_data"):
+        return None
+    if extra_options.get("SmoothQuant"):
+        return None
+    keys = {"CalibTensorRangeSymmetric": "symmetric", "CalibMovingAverage": "moving_average", "CalibMovingAverageConstant": "averaging_constant", "CalibPercentile": "percentile"}
+    calibrator = calibrate.create_calibrator(
+        prepared, list(STATIC_OP_TYPES), augmented_model_path=str(tmp / "augmented.onnx"), calibrate_method=method,
+        extra_options={ours: extra_options[theirs] for theirs, ours in keys.items() if theirs in extra_options},
+    )  # fmt: skip
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as onnxruntime's calibrator has it
+    options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = False
+    calibrator.infer_session = ort.InferenceSession(calibrator.augmented_model_path, sess_options=options, providers=calibrator.execution_providers)
+    calibrator.collect_data(reader)
+    cache = tmp / "calibration.json"
+    calibrate.save_tensors_data(calibrator.compute_data(), cache)
+    del calibrator
+    return cache

@@ -173,7 +173,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
     backbone may hold only what trained; then its backbone is read from the file its header names
     (the run folder's ``backbone.safetensors``) or rebuilt from the recorded ``backbone_weights``,
     and checked against the recorded SHA-256 (see :mod:`plaindet.engine.backbone_store`); a missing
-    or different backbone is a :class:`CheckpointError` naming the file it needs.
+    or different backbone is a :class:`CheckpointError` naming the file it needs. A run's
+    ``best`` is in ``save``'s format and may leave its frozen backbone out the same way.
     """
     from plaindet.engine.backbone_store import BackboneRecord, read_backbone_file, with_backbone
     from plaindet.engine.train_state import TRAIN_STATE_FORMAT, inference_weights
@@ -184,12 +185,12 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
     state, meta = read_safetensors(p)
     if meta.get("format") == TRAIN_STATE_FORMAT:
         config, state = read_config(meta, p, TRAIN_STATE_FORMAT), inference_weights(state)
-        record = BackboneRecord.from_header(meta, p)
-        if record is not None and not record.inline:
-            backbone = read_backbone_file(record, p) if record.file else _backbone_from_source(config, record, p)
-            state = with_backbone(state, backbone)
     else:
         config = read_config(meta, p, CHECKPOINT_FORMAT)
+    record = BackboneRecord.from_header(meta, p)  # a run's best and last may leave a frozen backbone out
+    if record is not None and not record.inline:
+        backbone = read_backbone_file(record, p) if record.file else _backbone_from_source(config, record, p)
+        state = with_backbone(state, backbone)
     try:
         model = model_from_state(config, state)
     except UserError:
