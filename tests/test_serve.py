@@ -409,3 +409,25 @@ def test_serve_options_are_the_config_fields():
     assert set(params) - {"weights"} == set(fields)
     for name, f in fields.items():
         assert params[name].help == f.metadata["help"] and params[name].default is None, name
+
+
+def test_the_wheel_holds_the_page(tmp_path):
+    """The page's files are package data: a wheel built from this checkout has them."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    pytest.importorskip("setuptools", reason="building a wheel without isolation needs setuptools in this environment")
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src_copy"  # build a copy: an in-tree build would leave build/ in the checkout
+    shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("plaindet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"plaindet/serve/static/{n}" for n in ("index.html", "app.js", "style.css")} <= names

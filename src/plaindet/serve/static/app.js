@@ -90,7 +90,7 @@ function render(image) {
   for (const d of image.detections) {
     const text = `${d.class_name} ${d.score.toFixed(2)}`;
     const width = ctx.measureText(text).width + 6;
-    const x = d.box[0] - line / 2;
+    const x = Math.max(0, Math.min(d.box[0] - line / 2, view.width - width));  // the label stays on the image
     const y = Math.max(size + 4, d.box[1] - line / 2);
     ctx.fillStyle = PALETTE[d.label % PALETTE.length];
     ctx.fillRect(x, y - size - 4, width, size + 4);
