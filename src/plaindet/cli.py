@@ -43,7 +43,7 @@ class _Commands(TyperGroup):
 app = typer.Typer(
     name="plaindet",
     cls=_Commands,
-    help="Object detection with transformers: check data, train, distill, evaluate, predict, export, benchmark.",
+    help="Object detection with transformers: check data, train, distill, evaluate, predict, export, benchmark, serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -391,6 +391,37 @@ def benchmark_cmd(
         log=lambda message: typer.echo(message, err=True),
     )  # fmt: skip
     typer.echo(format_table(rows, size=size, threads=threads, weights=weights))
+
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# serve
+
+
+def serve_cmd(
+    weights: list[str] = typer.Option(..., "--weights", help="A model to serve: PATH (.safetensors or .onnx; named by its stem) or NAME=PATH; repeatable."),
+    **options: Any,
+) -> None:
+    """Serve models over HTTP: POST /v1/detect, GET /v1/models, /healthz, /readyz, and a web page at /
+    (plaindet.serve.app.run_serve; extra `serve`). Binds to 127.0.0.1 unless --host says otherwise;
+    the API key can come from the PLAINDET_API_KEY environment variable instead of --api-key.
+    """
+    from plaindet.config import apply_overrides
+    from plaindet.serve.app import run_serve
+    from plaindet.serve.settings import ServeConfig
+
+    _show_progress()
+    config = apply_overrides(ServeConfig(), given_options(options), where="serve")
+    raise typer.Exit(run_serve(weights, config))
+
+
+def _register_serve_command() -> None:
+    from plaindet.serve.settings import ServeConfig
+
+    app.command("serve")(_with_options(cli_parameters(ServeConfig), serve_cmd))
+
+
+_register_serve_command()
 
 
 def main() -> None:

@@ -62,6 +62,21 @@ class Detections:
             for c, b, s in zip(ids, xywh, self.scores.astype(np.float64).tolist())
         ]
 
+    def to_supervision(self):
+        """These detections as the ``supervision`` library's ``sv.Detections`` (extra ``supervision``),
+        the type its annotators, trackers and metrics take: ``xyxy float32 (N, 4)`` original-image
+        pixels, ``confidence float32 (N,)``, ``class_id int (N,)`` (contiguous class indices) and
+        ``data["class_name"]`` (``N`` names)."""
+        from plaindet.errors import require_extra
+
+        sv = require_extra("supervision", "supervision", "Detections.to_supervision()")
+        return sv.Detections(
+            xyxy=np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4),
+            confidence=np.asarray(self.scores, dtype=np.float32),
+            class_id=np.asarray(self.labels, dtype=int),
+            data={"class_name": np.array(self.class_names, dtype=str)},
+        )
+
 
 def _torch_tensor_type():
     # A torch tensor can only exist once torch is imported; looking it up keeps this module torch-free.

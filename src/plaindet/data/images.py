@@ -11,6 +11,7 @@ what labeling tools show for fully opaque images and what training pipelines of 
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -38,6 +39,15 @@ _TRANSPOSE = {
 
 class ImageReadError(DatasetError):
     """An image file is missing, unreadable, truncated or too large. The message names the file."""
+
+
+class ImageTooLarge(ImageReadError):
+    """An image whose header promises more pixels than the reader's limit (a decompression bomb, or
+    simply too big to decode here); raised before any pixel is decoded."""
+
+
+class UnsupportedImage(ImageReadError):
+    """Bytes that are not an image in one of the accepted formats."""
 
 
 def _open(path: Path) -> Image.Image:
@@ -112,7 +122,49 @@ def read_image(path: str | Path) -> np.ndarray:
     larger than Pillow's decompression-bomb limit.
     """
     path = Path(path)
-    img = _open(path)
+    return _decode(_open(path), str(path))
+
+
+# What decode_image accepts by default: the formats of IMAGE_SUFFIXES. Pillow can open many more
+# (EPS runs Ghostscript, for one), which bytes from a stranger should never reach.
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+# Formats worth naming when they arrive anyway, by their first bytes.
+_SIGNATURES = ((b"GIF8", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"%PDF", "PDF"), (b"\x00\x00\x01\x00", "ICO"))
+
+
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = None, formats: tuple[str, ...] = UPLOAD_FORMATS) -> np.ndarray:
+    """Decode image bytes (an upload) exactly as :func:`read_image` decodes a file: ``uint8 (H, W, 3)``
+    RGB, EXIF orientation applied.
+
+    Only ``formats`` (Pillow format names) are tried. The size is read from the header first, so an
+    image of more than ``max_pixels`` (default: Pillow's decompression-bomb limit) raises
+    :class:`ImageTooLarge` without decoding a pixel. Other bytes raise :class:`UnsupportedImage`
+    (not an image of ``formats``) or :class:`ImageReadError` (empty, truncated or corrupt), each
+    message naming ``name``.
+    """
+    if not data:
+        raise ImageReadError(f"{name}: empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=list(formats))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLarge(f"{name}: image is too large to decode safely ({e})") from None
+    except UnidentifiedImageError:
+        known = next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
+        what = f"a {known} image" if known else "not an image"
+        raise UnsupportedImage(f"{name}: {what}; send {', '.join(formats)}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{name}: image data is truncated or corrupt ({e})") from None
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        img.close()
+        raise ImageTooLarge(f"{name}: {w}x{h} is {w * h / 1e6:.1f} megapixels, more than the {max_pixels / 1e6:g} allowed")
+    return _decode(img, name)
+
+
+def _decode(img: Image.Image, name: str) -> np.ndarray:
+    """The pixels of an opened image, oriented and RGB (see :func:`read_image`); closes ``img``."""
     try:
         with img:
             orientation = _orientation(img)  # before load(), exactly as image_size() sees it
@@ -123,4 +175,4 @@ def read_image(path: str | Path) -> np.ndarray:
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{path}: image data is truncated or corrupt ({e})") from None
+        raise ImageReadError(f"{name}: image data is truncated or corrupt ({e})") from None
