@@ -408,7 +408,8 @@ def test_serve_options_are_the_config_fields():
     fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
     assert set(params) - {"weights"} == set(fields)
     for name, f in fields.items():
-        assert params[name].help == f.metadata["help"] and params[name].default is None, name
+        # The derived help is the field's, with its default appended when it has one.
+        assert params[name].help.startswith(f.metadata["help"]) and params[name].default is None, name
 
 
 def test_the_wheel_holds_the_page(tmp_path):
