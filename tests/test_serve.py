@@ -335,20 +335,23 @@ def test_torch_and_onnx_backends_give_the_same_detections(weights, onnx_weights)
     images = [png_bytes(seed=21), png_bytes(200, 90, seed=22, fmt="JPEG"), png_bytes(100, 240, seed=23)]
     files = [("image", (f"{i}.png", im, "image/png")) for i, im in enumerate(images)]
     answers = {}
-    with serving([ModelSpec("t", weights, "torch"), ModelSpec("o", onnx_weights, "onnx")], batch_wait_ms=0) as c:
+    # "o": the exported file; "e": the checkpoint on the onnx backend, exported at start-up.
+    specs = [ModelSpec("t", weights, "torch"), ModelSpec("o", onnx_weights, "onnx"), ModelSpec("e", weights, "onnx")]
+    with serving(specs, batch_wait_ms=0) as c:
         models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
-        assert models["o"]["backend"] == "onnx" and models["o"]["input_size"] == models["t"]["input_size"]
-        for name in ("t", "o"):
+        assert models["o"]["backend"] == models["e"]["backend"] == "onnx" and models["o"]["input_size"] == models["t"]["input_size"]
+        for name in ("t", "o", "e"):
             response = c.post("/v1/detect", params={"model": name, "threshold": 0.05}, files=files)
             assert response.status_code == 200, response.text
             answers[name] = response.json()["images"]
-    compared = 0
-    for t, o in zip(answers["t"], answers["o"]):
-        assert [d["label"] for d in t["detections"]] == [d["label"] for d in o["detections"]]
-        np.testing.assert_allclose([d["box"] for d in t["detections"]], [d["box"] for d in o["detections"]], atol=1e-4)
-        np.testing.assert_allclose([d["score"] for d in t["detections"]], [d["score"] for d in o["detections"]], atol=1e-4)
-        compared += len(t["detections"])
-    assert compared > 10
+    for onnx_name in ("o", "e"):
+        compared = 0
+        for t, o in zip(answers["t"], answers[onnx_name]):
+            assert [d["label"] for d in t["detections"]] == [d["label"] for d in o["detections"]]
+            np.testing.assert_allclose([d["box"] for d in t["detections"]], [d["box"] for d in o["detections"]], atol=1e-4)
+            np.testing.assert_allclose([d["score"] for d in t["detections"]], [d["score"] for d in o["detections"]], atol=1e-4)
+            compared += len(t["detections"])
+        assert compared > 10
 
 
 def test_an_onnx_model_serves_without_torch(onnx_weights):
