@@ -76,16 +76,11 @@ def create_app(specs: list[ModelSpec], config: ServeConfig | None = None, *, on_
     """The FastAPI app serving ``specs``. Models load in the background once the app starts (its
     lifespan), so ``/healthz`` answers at once and ``/readyz`` says when they are ready.
     ``on_fatal(message)`` is called if a model fails to load (the command uses it to exit)."""
-    fastapi = require_extra("fastapi", "serve", "plaindet serve")
-    from fastapi import Depends, FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from fastapi.staticfiles import StaticFiles
-    from starlette.exceptions import HTTPException
+    require_extra("fastapi", "serve", "plaindet serve")
+    from fastapi import FastAPI
 
     config = config or ServeConfig()
     state = ServerState(list(specs), config)
-    api_key_digest = hashlib.sha256(config.api_key.encode()).digest() if config.api_key else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -108,6 +103,17 @@ def create_app(specs: list[ModelSpec], config: ServeConfig | None = None, *, on_
     )
     app.state.plaindet = state
     app.add_middleware(_BodyLimit, max_bytes=config.max_upload_bytes)
+    _add_error_handlers(app)
+    _add_routes(app, state, _key_check(config.api_key))
+    return app
+
+
+def _add_error_handlers(app) -> None:
+    """Every error, ours or FastAPI's, answers ``{"error": message, "status": N}`` and is logged."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     def error_response(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, status, message)
@@ -123,19 +129,35 @@ def create_app(specs: list[ModelSpec], config: ServeConfig | None = None, *, on_
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
-        parts = ["; ".join(f"{'.'.join(map(str, err.get('loc', ())))}: {err.get('msg', '')}" for err in e.errors())]
-        return error_response(request, 400, parts[0] or "bad request")
+        message = "; ".join(f"{'.'.join(map(str, err.get('loc', ())))}: {err.get('msg', '')}" for err in e.errors())
+        return error_response(request, 400, message or "bad request")
+
+
+def _key_check(api_key: str | None) -> Callable:
+    """The dependency that guards the API: a no-op without a key, else a 401 unless the request carries it."""
+    from fastapi import Request
+
+    digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
 
     def require_key(request: Request) -> None:
-        if api_key_digest is None:
+        if digest is None:
             return
         given = request.headers.get("x-api-key")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if given is None and scheme.lower() == "bearer":
             given = token.strip()
         # Digests have one length, so compare_digest's time says nothing about the key, not even its length.
-        if given is None or not hmac.compare_digest(hashlib.sha256(given.encode()).digest(), api_key_digest):
+        if given is None or not hmac.compare_digest(hashlib.sha256(given.encode()).digest(), digest):
             raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"})
+
+    return require_key
+
+
+def _add_routes(app, state: ServerState, require_key: Callable) -> None:
+    """The page, the static files, liveness, readiness, the model list and detection."""
+    from fastapi import Depends, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
 
     static = resources.files("plaindet.serve") / "static"
 
@@ -178,8 +200,6 @@ def create_app(specs: list[ModelSpec], config: ServeConfig | None = None, *, on_
     )
     async def detect(request: Request) -> dict:
         return await _detect(request, state)
-
-    return app
 
 
 async def _detect(request, state: ServerState) -> dict:
