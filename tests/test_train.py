@@ -191,9 +191,9 @@ def test_a_run_cut_short_says_why_and_its_schedule_ends_where_it_stops(tmp_path,
     assert _lrs(out) == pytest.approx([1e-3 * lr_factor(s, 6, 2, 0.05) for s in range(6)])  # the schedule spans the 6 steps, not 5 epochs
 
 
-def test_a_time_limit_fits_the_schedule_from_the_first_steps_speed(tmp_path, tiny_shapes, capsys, caplog, monkeypatch):
-    """A clock that advances 1 s per optimizer step, and none otherwise: a 0.5 minute limit then
-    fits 30 steps, which the first 10 steps' speed tells; the run stops after the step that passes it."""
+def _clock_of_one_second_per_step(monkeypatch) -> list[float]:
+    """Make the engine's clock advance exactly 1 s per optimizer step and not otherwise; returns the
+    clock (``clock[0]``, seconds) so a test can move it by hand."""
     import types
 
     import plaindet.engine.train as engine
@@ -207,6 +207,13 @@ def test_a_time_limit_fits_the_schedule_from_the_first_steps_speed(tmp_path, tin
         clock[0] += 1.0
 
     monkeypatch.setattr(engine._Run, "optimizer_step", timed_step)
+    return clock
+
+
+def test_a_time_limit_fits_the_schedule_from_the_first_steps_speed(tmp_path, tiny_shapes, capsys, caplog, monkeypatch):
+    """A clock that advances 1 s per optimizer step, and none otherwise: a 0.5 minute limit then
+    fits 30 steps, which the first 10 steps' speed tells; the run stops after the step that passes it."""
+    clock = _clock_of_one_second_per_step(monkeypatch)
     out = tmp_path / "time"
     with caplog.at_level("INFO", logger="plaindet"):
         train(_small(tiny_shapes, out, epochs=20, time_limit=0.5, eval_every=0, warmup_steps=2))
@@ -242,19 +249,7 @@ def test_validation_in_bf16_training_predicts_exactly_what_eval_of_best_does(tmp
 def test_a_resumed_run_numbers_epochs_as_its_bar_does_and_its_time_adds_up(tmp_path, tiny_shapes, capsys, caplog, monkeypatch):
     """A clock that advances 1 s per optimizer step: the resumed run's epoch 2 ends 8 s into the run
     (4 steps before the resume, 4 after), not 4 s; the resume message says epoch 2 as the bar does."""
-    import types
-
-    import plaindet.engine.train as engine
-
-    clock = [1000.0]
-    monkeypatch.setattr(engine, "time", types.SimpleNamespace(time=lambda: clock[0]))
-    step = engine._Run.optimizer_step
-
-    def timed_step(run, *args):
-        step(run, *args)
-        clock[0] += 1.0
-
-    monkeypatch.setattr(engine._Run, "optimizer_step", timed_step)
+    clock = _clock_of_one_second_per_step(monkeypatch)
     out = tmp_path / "run"
     train(_small(tiny_shapes, out, epochs=1, eval_every=0, log_every=4))
     clock[0] += 100.0  # time between the two processes is not training time
