@@ -64,7 +64,7 @@ def test_help_at_80_columns_shows_whole_option_names_defaults_and_descriptions(c
     text = result.output
     assert max(len(line) for line in text.splitlines()) <= 80 and "\u2026" not in text, text  # nothing cut
     options = text[text.index("Options:") :]
-    assert "<list[" not in options and "<bool>" not in options and "[default: (" not in options, options
+    assert "<list[" not in text and "<bool>" not in options and "[default: (" not in options, options
     words = " ".join(text.split())
     for param in click_command.params:
         if param.param_type_name != "option":

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, get_args
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from plaindet.config import cli_parameters, given_options
 from plaindet.errors import TrainingInterrupted, UserError
@@ -38,6 +38,18 @@ class _Commands(TyperGroup):
         except TrainingInterrupted as e:
             typer.secho(f"interrupted: {e}", err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(128 + e.signum) from None
+
+
+class _Command(TyperCommand):
+    """A command whose repeated arguments read ``images... <path>`` in help, not typer's ``<list[Path]>``."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument) and param.nargs != 1 and param.type_descriptor.is_list:
+                element = get_args(param.type_descriptor.annotation)[0]
+                label = "path" if element is Path else getattr(element, "__name__", str(element)).lower()
+                param.display_type_rich = lambda ctx, label=label: f"<{label}>"  # type: ignore[method-assign]
+        super().format_options(ctx, formatter)
 
 
 app = typer.Typer(
@@ -217,7 +229,7 @@ _register_training_commands()
 # predict, eval
 
 
-@app.command("predict")
+@app.command("predict", cls=_Command)
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files and folders (their images, not recursive)."),
     weights: Path = typer.Option(..., "--weights", help="A saved model: .safetensors (training or save) or .onnx (plaindet export)."),
