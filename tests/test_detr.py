@@ -420,3 +420,22 @@ def test_sinkhorn_criterion_trains():
     assert all(math.isfinite(v) for v in sinkhorn), sinkhorn
     assert sinkhorn[-1] < 0.92 * sinkhorn[0], sinkhorn  # measured: 14.7 -> 12.6
     np.testing.assert_allclose(sinkhorn, losses_of_training("hungarian"), rtol=1e-2)
+
+
+def test_dilation_reads_the_stride_16_map_with_the_same_weights(tmp_path):
+    plain = tiny_detr(dilation=False).eval()
+    dc5 = tiny_detr(dilation=True, dense_aux=True).eval()
+    assert set(dc5.state_dict()) >= set(plain.state_dict())
+    images = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        memory, _ = dc5.encode(dc5.backbone(dc5.normalize(images)))
+        assert memory.shape[1] == (64 // 16) * (96 // 16)
+        out = dc5(images)
+    assert dc5.dense_strides() == (16,) and out["boxes"].shape == (1, 12, 4)
+    dc5.save(tmp_path / "dc5.safetensors")
+    again = plaindet.load(tmp_path / "dc5.safetensors").eval()
+    assert again.config.dilation
+    with torch.no_grad():
+        torch.testing.assert_close(again(images)["logits"], out["logits"], rtol=0, atol=0)
+    with pytest.raises(plaindet.errors.ConfigError, match="dilation"):
+        plaindet.create_model("detr-bit50", num_classes=3, dilation=True)

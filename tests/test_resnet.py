@@ -177,3 +177,30 @@ def test_set_detectors_resolve_the_backbone_norm_from_the_weights(tmp_path):
     assert isinstance(model_from_state(old, pretrained.state_dict()).backbone.bn1, FrozenBatchNorm2d)
     with pytest.raises(ConfigError, match="BiT backbone always has GroupNorm"):
         plaindet.create_model("detr-bit50", backbone_norm="group", **small)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_a_dilated_last_stage_is_the_strided_one_at_twice_the_resolution(depth):
+    # With pointwise (frozen) BatchNorm, a stride-2 3x3 convolution is its stride-1 output at even
+    # positions, and a 3x3 convolution dilated by 2 on the full map reads exactly those positions:
+    # the DC5 trunk's stride-16 map, taken every other pixel, is the plain trunk's stride-32 map.
+    torch.manual_seed(0)
+    plain = ResNet(depth).eval()
+    for m in plain.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.2, 0.2)
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    dilated = ResNet(depth, dilate_last=True).eval()
+    dilated.load_state_dict(plain.state_dict())  # the same weights
+    plain, dilated = plain.double(), dilated.double()  # float64: equal up to rounding, not up to fp32's sums
+    assert plain.strides == [4, 8, 16, 32] and dilated.strides == [4, 8, 16, 16]
+    x = torch.randn(2, 3, 128, 160, dtype=torch.float64)
+    with torch.no_grad():
+        a, b = plain(x), dilated(x)
+    assert b[3].shape[-2:] == (8, 10) and a[3].shape[-2:] == (4, 5)
+    for i in range(3):
+        torch.testing.assert_close(a[i], b[i], rtol=0, atol=0)
+    torch.testing.assert_close(b[3][..., ::2, ::2], a[3], rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(b[3][..., 1::2, 1::2], a[3], atol=1e-2)  # the odd positions are new

@@ -80,16 +80,18 @@ def make_norm(norm: str, channels: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34). ``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``."""
+    """Two 3x3 convolutions (ResNet-18/34). ``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``.
+    ``first_dilation`` (default ``dilation``) is the first convolution's, ``dilation`` the second's."""
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1, norm: str = "frozen_bn") -> None:
+    def __init__(self, in_channels: int, width: int, stride: int = 1, norm: str = "frozen_bn", dilation: int = 1, first_dilation: int | None = None) -> None:
         super().__init__()
         out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
+        d1 = first_dilation or dilation
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=d1, dilation=d1, bias=False)
         self.bn1 = make_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, out_channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width, out_channels, 3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = make_norm(norm, out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_channels, out_channels, stride, norm)
@@ -102,16 +104,18 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand (ResNet-50 and deeper). Shapes as :class:`BasicBlock`."""
+    """1x1 reduce, 3x3 (strided), 1x1 expand (ResNet-50 and deeper). Shapes as :class:`BasicBlock`; the
+    3x3 convolution's dilation is ``first_dilation`` (default ``dilation``)."""
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1, norm: str = "frozen_bn") -> None:
+    def __init__(self, in_channels: int, width: int, stride: int = 1, norm: str = "frozen_bn", dilation: int = 1, first_dilation: int | None = None) -> None:
         super().__init__()
         out_channels = width * self.expansion
+        d = first_dilation or dilation  # the one 3x3 convolution is the (formerly) strided one
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = make_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=d, dilation=d, bias=False)
         self.bn2 = make_norm(norm, width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = make_norm(norm, out_channels)
@@ -141,13 +145,17 @@ class ResNet(nn.Module):
             ``layer3``/``layer4``; their pretrained weights are then skipped on load).
         norm: ``"frozen_bn"`` (for pretrained weights) or ``"group"`` (to train from scratch), see
             the module docstring.
+        dilate_last: the last stage keeps the resolution of the one before (stride 16 instead of
+            32) and dilates by 2 every 3x3 convolution after the one that was strided (as torchvision's
+            ``replace_stride_with_dilation``, and for ResNet-18/34 too): DETR's "DC5" variant. The
+            same weights load, and with frozen BatchNorm the map at even positions is the plain one.
 
     ``forward(x)``: ``x`` ``(B, 3, H, W)`` normalized float images; returns a list with the output of
     each built stage, ``layer{i}`` ``(B, channels[i-1], H / 2^(i+1), W / 2^(i+1))`` (strides 4, 8,
-    16, 32).
+    16, 32; ``strides`` lists them, with 16 for a dilated last stage).
     """
 
-    def __init__(self, depth: int = 50, num_stages: int = 4, norm: str = "frozen_bn") -> None:
+    def __init__(self, depth: int = 50, num_stages: int = 4, norm: str = "frozen_bn", dilate_last: bool = False) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
@@ -168,14 +176,18 @@ class ResNet(nn.Module):
         self.strides: list[int] = []
         for i in range(num_stages):
             width = 64 * 2**i
+            dilated = dilate_last and i == 3
             stage = []
             for j in range(blocks[i]):
-                stride = 2 if (j == 0 and i > 0) else 1
-                stage.append(block(in_channels, width, stride, norm))
+                stride = 2 if (j == 0 and i > 0 and not dilated) else 1
+                # Dilated: the convolution that was strided keeps dilation 1, every later 3x3 one reads
+                # the twice-as-fine map with dilation 2, so the same weights see the same neighbours.
+                dilation = (2, 1 if j == 0 else 2) if dilated else (1, 1)
+                stage.append(block(in_channels, width, stride, norm, dilation=dilation[0], first_dilation=dilation[1]))
                 in_channels = width * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
             self.channels.append(in_channels)
-            self.strides.append(4 * 2**i)
+            self.strides.append(16 if dilated else 4 * 2**i)
         self.num_stages = num_stages
         self._init_weights()
 
