@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import plaindet  # noqa: E402
 from plaindet.cli import app as cli_app  # noqa: E402
-from plaindet.errors import NotFound, UserError  # noqa: E402
+from plaindet.errors import ConfigError, NotFound, UserError  # noqa: E402
 from plaindet.serve.app import create_app  # noqa: E402
 from plaindet.serve.backends import ModelSpec, parse_model_specs  # noqa: E402
 from plaindet.serve.settings import ServeConfig  # noqa: E402
@@ -84,7 +84,7 @@ def serving(specs, **config):
 
 @pytest.fixture(scope="module")
 def client(weights):
-    with serving([ModelSpec("tiny", weights, "torch")], max_images=3, max_upload_mb=0.5, max_megapixels=1.0, batch_wait_ms=0) as c:
+    with serving([ModelSpec("tiny", weights, "torch")], max_images=3, max_upload_mb=0.5, max_megapixels=1.0, max_batch=8, batch_wait_ms=0) as c:
         yield c
 
 
@@ -108,7 +108,22 @@ def test_health_ready_and_models(client):
     assert entry["name"] == "tiny" and entry["model"] == "plaindet-t" and entry["family"] == "plaindet"
     assert entry["backend"] == "torch" and entry["classes"] == CLASSES
     assert entry["input_size"] == [SIZE, SIZE] and entry["image_size"] == SIZE and entry["ready"]
+    assert entry["max_batch"] == 8
     assert client.get("/openapi.json").json()["paths"]["/v1/detect"]["post"]["requestBody"]["content"]["multipart/form-data"]
+
+
+def test_the_default_batch_limit_is_8_on_cuda_and_1_on_cpu():
+    assert ServeConfig().batch_limit("torch") == 1 and ServeConfig().batch_limit("onnx") == 1
+    assert ServeConfig(device="cuda").batch_limit("torch") == 8 and ServeConfig(device="cuda:1").batch_limit("onnx") == 1
+    assert ServeConfig(max_batch=4).batch_limit("torch") == 4
+    with pytest.raises(ConfigError, match="max_batch"):
+        ServeConfig(max_batch=-1)
+
+
+def test_a_cpu_server_runs_each_image_alone_by_default(weights):
+    with serving([ModelSpec("tiny", weights, "torch")]) as c:
+        (entry,) = c.get("/v1/models").json()["models"]
+    assert entry["max_batch"] == 1
 
 
 def test_readyz_is_503_until_the_models_are_loaded(weights):

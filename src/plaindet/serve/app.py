@@ -351,7 +351,8 @@ async def _load_models(state: ServerState, executor: ThreadPoolExecutor, on_fata
             if on_fatal is not None:
                 on_fatal(state.failure)
             return
-        max_batch = min(config.max_batch, served.batch_limit or config.max_batch)
+        max_batch = config.batch_limit(served.backend)
+        max_batch = min(max_batch, served.batch_limit or max_batch)
         batcher = MicroBatcher(served.run, max_batch=max_batch, wait_s=config.batch_wait_ms / 1000, executor=executor)
         batcher.start()
         state.models[spec.name] = served

@@ -18,7 +18,10 @@ class ServeConfig:
     checkpoints with PyTorch; ``onnx`` exports each checkpoint to ONNX at start-up and runs that;
     ``torch`` needs checkpoints. ``max_batch`` and ``batch_wait_ms`` set the micro-batching: images
     of concurrent requests for one model run as one batch of up to ``max_batch``, the first waiting at
-    most ``batch_wait_ms`` for others (``max_batch=1`` turns it off). ``api_key``: when set, every
+    most ``batch_wait_ms`` for others (``max_batch=1`` turns it off). ``0`` (the default) is 8 for a
+    PyTorch model on CUDA and 1 on CPU: there a model already keeps every core busy on one image, and
+    a batch costs more per image (plaindet-t at 640 px, 1 thread: 518 ms an image alone, 614 in a
+    batch of 8), so batching only added waiting (``benchmarks/bench_serve.py``, README "Serving"). ``api_key``: when set, every
     ``/v1`` request must carry it (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``); the
     ``PLAINDET_API_KEY`` environment variable sets it too, and keeps it off the process list.
     """
@@ -29,7 +32,7 @@ class ServeConfig:
     threads: int = setting(0, help="Intra-op threads of the model runs (0: one per CPU).")
     device: str = setting("cpu", help="PyTorch device: cpu, cuda, cuda:1, ...")
     api_key: str = setting("", help="Require this key on /v1 requests (or set PLAINDET_API_KEY).")
-    max_batch: int = setting(8, help="Most images run as one batch (1: no micro-batching).")
+    max_batch: int = setting(0, help="Most images run as one batch (0: 8 on CUDA, 1 on CPU, where batches are no faster; 1: no micro-batching).")
     batch_wait_ms: float = setting(5.0, help="Longest wait for more images before a batch runs.")
     max_upload_mb: float = setting(20.0, help="Largest request body, in MB (413 beyond it).")
     max_megapixels: float = setting(40.0, help="Largest image, in decoded megapixels (413 beyond it: decompression bombs).")
@@ -38,10 +41,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        for name in ("max_batch", "max_images"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("batch_wait_ms", "threads"):
+        if self.max_images < 1:
+            raise ConfigError(f"max_images must be at least 1, got {self.max_images}")
+        for name in ("max_batch", "batch_wait_ms", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         for name in ("max_upload_mb", "max_megapixels"):
@@ -49,6 +51,12 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be in 1..65535, got {self.port}")
+
+    def batch_limit(self, backend: str) -> int:
+        """``max_batch`` for a model on ``backend`` (``"torch"`` or ``"onnx"``), ``0`` resolved."""
+        if self.max_batch:
+            return self.max_batch
+        return 8 if backend == "torch" and self.device.startswith("cuda") else 1
 
     @property
     def max_upload_bytes(self) -> int:
