@@ -147,6 +147,13 @@ def test_the_readme_has_the_blocks_this_test_runs():
     assert {m.group(1) for m in re.finditer(r"^```(\w*)$", README.read_text(), re.MULTILINE)} <= {"python", "bash", ""}
 
 
+def test_the_readmes_pictures_and_local_links_exist():
+    targets = re.findall(r"\]\(([^)#\s]+)\)", README.read_text())
+    local = [t for t in targets if not t.startswith(("http://", "https://", "mailto:"))]
+    assert "docs/serve_page.jpg" in local
+    assert [t for t in local if not (ROOT / t).exists()] == []
+
+
 def test_python_blocks_run(readme_env):
     namespace: dict = {}
     for line, code in code_blocks("python"):
