@@ -14,8 +14,8 @@ found, else synthetic 640 x 480 images). The loop is bounded in count and in tim
 (``--time-limit`` seconds per level) and stops by itself; it targets only 127.0.0.1.
 
 Printed: requests/s, valid images/s, p50/p99 latency of the valid requests, the mean batch the model
-ran (from ``/v1/models``), responses by status; then the ratios the README quotes: images/s at the
-highest concurrency with micro-batching vs without, p99 at concurrency 1 vs the model's own latency
+ran (from ``/v1/models``), the server's RSS after the level, responses by status; then the ratios the README quotes: images/s at the
+highest concurrency with micro-batching vs without, p50 and p99 at concurrency 1 vs the model's own latency
 (``plaindet benchmark``'s PyTorch fp32 worker, same threads and size, run here: the server's overhead),
 5xx responses, crashes (the server process gone), and the server's RSS before and after each mode.
 """
@@ -216,7 +216,7 @@ def main() -> None:
         model_ms = 1000 * statistics.median(own["times"])
         print(f"{args.model} at {args.size} px, {args.threads} threads; {photo_note}; {args.requests} requests per level, "
               f"{args.broken_share:.0%} broken; model alone (plaindet benchmark's PyTorch fp32 worker): median {model_ms:.0f} ms\n")  # fmt: skip
-        header = f"{'micro-batching':<22} {'conc.':>5} {'requests':>8} {'req/s':>7} {'images/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'mean batch':>10}  responses"
+        header = f"{'micro-batching':<22} {'conc.':>5} {'requests':>8} {'req/s':>7} {'images/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'mean batch':>10} {'RSS MB':>7}  responses"
         print(header)
         print("-" * len(header))
         results: dict = {}
@@ -233,7 +233,8 @@ def main() -> None:
                     total += r["requests"]
                     label = f"on (max {max_batch}, {wait_ms:g} ms)" if mode == "on" else "off (max 1)"
                     shown = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items(), key=lambda kv: str(kv[0])))
-                    print(f"{label:<22} {concurrency:>5} {r['requests']:>8} {r['rps']:>7.2f} {r['ips']:>8.2f} {r['p50']:>7.0f} {r['p99']:>7.0f} {r['mean_batch']:>10.2f}  {shown}")
+                    rss = rss_mb(proc.pid) if proc.poll() is None else float("nan")
+                    print(f"{label:<22} {concurrency:>5} {r['requests']:>8} {r['rps']:>7.2f} {r['ips']:>8.2f} {r['p50']:>7.0f} {r['p99']:>7.0f} {r['mean_batch']:>10.2f} {rss:>7.0f}  {shown}")
                     if r["failures"]:
                         print(f"    connection errors, e.g. {r['failures']}")
                 alive = proc.poll() is None
@@ -249,9 +250,11 @@ def main() -> None:
     if ("on", top) in results and ("off", top) in results:
         print(f"images/s at concurrency {top}, micro-batching on vs off: {results['on', top]['ips']:.2f} vs {results['off', top]['ips']:.2f} "
               f"= {results['on', top]['ips'] / results['off', top]['ips']:.2f}x")  # fmt: skip
-    if ("on", 1) in results:
-        p99 = results["on", 1]["p99"]
-        print(f"p99 at concurrency 1 (micro-batching on): {p99:.0f} ms vs the model alone {model_ms:.0f} ms: {p99 - model_ms:+.0f} ms of server")
+    for mode in ("on", "off"):
+        if (mode, 1) in results:
+            p50, p99 = results[mode, 1]["p50"], results[mode, 1]["p99"]
+            print(f"concurrency 1, micro-batching {mode}: p50 {p50:.0f} ms, p99 {p99:.0f} ms vs the model alone {model_ms:.0f} ms: "
+                  f"{p50 - model_ms:+.0f} / {p99 - model_ms:+.0f} ms of server (decoding, resizing, HTTP)")  # fmt: skip
     print(f"5xx responses: {server_errors}; crashes: {crashes}")
     for mode, (start_mb, end_mb, total) in memory.items():
         print(f"server RSS, micro-batching {mode}: {start_mb:.0f} MB after warm-up, {end_mb:.0f} MB after {total} requests ({end_mb - start_mb:+.0f} MB)")
