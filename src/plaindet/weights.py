@@ -130,8 +130,23 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises several error types for bad headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_other_format(path) or e})") from None
     return state, meta
+
+
+def _other_format(path: Path) -> str | None:
+    """What a file that is not safetensors is instead, by its first bytes, when it is a kind people
+    rename by mistake (a pickle or a ``torch.save`` zip archive); it is never unpickled."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive, as torch.save writes; it is not unpickled: convert it with safetensors.torch.save_file"
+    if head[:1] == b"\x80" and 2 <= head[1:2][0] <= 5 if len(head) > 1 else False:
+        return "it is a Python pickle; it is not unpickled (that could run code): convert it with safetensors.torch.save_file"
+    return None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str] | None:
@@ -154,6 +169,8 @@ def read_config(meta: dict[str, str], path: str | os.PathLike, expected_format: 
         config = json.loads(meta["config"])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: the config in its header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: the config in its header is nested too deeply to be a plaindet config") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the config in its header is not a JSON object")
     return config

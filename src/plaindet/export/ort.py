@@ -74,14 +74,23 @@ class OnnxDetector:
         if missing:
             raise UserError(f"{self.path}: not a plaindet ONNX file (metadata {missing} missing); export it with `plaindet export`")
         self.metadata = meta
-        self.class_names: list[str] = json.loads(meta["class_names"])
-        self.category_ids: list[int] = json.loads(meta.get("category_ids", json.dumps(list(range(len(self.class_names))))))
-        self.image_size = int(meta["image_size"])
-        self.input_size: tuple[int, int] = tuple(json.loads(meta["input_size"]))
-        self.max_detections = int(meta.get("max_detections", 0)) or None
+        self.class_names: list[str] = _metadata_value(meta, "class_names", self.path, _is_names)
+        default_ids = json.dumps(list(range(len(self.class_names))))
+        self.category_ids: list[int] = _metadata_value({"category_ids": default_ids, **meta}, "category_ids", self.path, _is_ids)
+        if len(self.category_ids) != len(self.class_names):
+            raise UserError(f"{self.path}: its metadata has {len(self.class_names)} class_names but {len(self.category_ids)} category_ids")
+        self.image_size: int = _metadata_value(meta, "image_size", self.path, _is_side)
+        self.input_size: tuple[int, int] = tuple(_metadata_value(meta, "input_size", self.path, _is_pair))
+        self.max_detections = _metadata_value({"max_detections": "0", **meta}, "max_detections", self.path, _is_count) or None
         self.precision = meta.get("precision", "fp32")
         self.model_name = meta.get("model", "")
-        (self._input,) = self.session.get_inputs()
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) != 3:
+            raise UserError(
+                f"{self.path}: not a plaindet ONNX graph (it has {len(inputs)} inputs and {len(outputs)} outputs; a plaindet "
+                "export has one (B, 3, H, W) image input and three outputs: boxes, scores, labels)"
+            )
+        self._input = inputs[0]
         batch = self._input.shape[0]
         self.batch_size: int | None = batch if isinstance(batch, int) else None
 
@@ -122,3 +131,46 @@ class OnnxDetector:
         return predict_in_batches(
             images, run, image_size=image_size, batch_size=self.batch_size or batch_size, threshold=threshold, class_names=self.class_names
         )
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(n, str) for n in v) and len(v) > 0
+
+
+def _is_ids(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_side(v: Any) -> bool:
+    return _is_count(v) and 0 < v <= _MAX_SIDE
+
+
+def _is_pair(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_is_side(x) for x in v)
+
+
+_MAX_SIDE = 100_000  # an image side no export has; the same bound as a model config's sizes
+_EXPECTED = {
+    _is_names: "a JSON list of class names",
+    _is_ids: "a JSON list of integers",
+    _is_count: "a non-negative integer",
+    _is_side: f"an integer from 1 to {_MAX_SIDE:,}",
+    _is_pair: f"a JSON list [height, width] of integers from 1 to {_MAX_SIDE:,}",
+}
+
+
+def _metadata_value(meta: dict[str, str], key: str, path: Path, valid) -> Any:
+    """The JSON value of metadata entry ``key``, when ``valid`` accepts it; else a :class:`UserError`
+    naming the file, the entry and what it should hold (the file is input, as any other)."""
+    try:
+        value = json.loads(meta[key])
+    except (ValueError, RecursionError):  # not JSON at all, or nested past the parser's depth
+        value = None
+    if value is None or not valid(value):
+        shown = meta[key] if len(meta[key]) <= 60 else meta[key][:60] + "..."
+        raise UserError(f"{path}: its metadata {key}={shown!r} is not {_EXPECTED[valid]}; export the model again with `plaindet export`")
+    return value

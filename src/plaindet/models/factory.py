@@ -15,12 +15,13 @@ from typing import Any
 import torch
 
 from plaindet.config import apply_overrides, from_dict
-from plaindet.errors import CheckpointError, ConfigError, UserError, WeightsError
+from plaindet.errors import CheckpointError, ConfigError, MissingExtra, UserError, WeightsError
 import plaindet.models.deperceiver  # noqa: F401 (each family registers its variants on import)
 import plaindet.models.detr  # noqa: F401
 import plaindet.models.patchtok  # noqa: F401
 import plaindet.models.plaindet  # noqa: F401
 from plaindet.models.base import CHECKPOINT_FORMAT, DetectionConfig, DetectionModel
+from plaindet.models.limits import parameter_problem, size_problem
 from plaindet.models.registry import REGISTRY
 from plaindet.weights import read_config, read_metadata, read_safetensors
 
@@ -74,7 +75,13 @@ def create_model(name: str, num_classes: int | None = None, backbone_weights: An
         # Names and ids default to 0..K-1 for the new class count unless given.
         overrides.setdefault("class_names", [])
         overrides.setdefault("category_ids", [])
+    problem = size_problem(overrides)  # before the config exists: its __post_init__ allocates per class
+    if problem:
+        raise ConfigError(f"{name}: {problem}")
     config = model_config(name, **overrides)  # dataclasses.replace re-runs __post_init__'s checks
+    problem = parameter_problem(config)
+    if problem:
+        raise ConfigError(f"{name}: {problem}")
     checkpoint = backbone_checkpoint(backbone_weights)
     if checkpoint is not None:
         return _build_on_backbone_of(config, checkpoint)
@@ -157,11 +164,25 @@ def count_flops(config: DetectionConfig, size: int | tuple[int, int] = 640, batc
 
 def model_from_state(config: dict, state: dict) -> DetectionModel:
     """Rebuild any registered model from a checkpoint's config dict (its ``name`` picks the variant's
-    config class) and weights."""
-    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
-        raise ValueError("the checkpoint's config has no model name")
-    cfg = from_dict(type(model_config(config["name"])), config)
+    config class) and weights. A config over a size limit (:mod:`plaindet.models.limits`) is a
+    ``ValueError`` raised before anything is built."""
+    cfg = checked_config(config)
     return cfg.model_class().from_state(cfg, state)
+
+
+def checked_config(config: dict) -> DetectionConfig:
+    """The dataclass config of a checkpoint's config dict, checked against the size limits first
+    (:mod:`plaindet.models.limits`); ``ValueError`` (a :class:`ConfigError`) says what is wrong."""
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise ConfigError("the checkpoint's config has no model name")
+    problem = size_problem(config)
+    if problem:
+        raise ConfigError(problem)
+    cfg = from_dict(type(model_config(config["name"])), config)
+    problem = parameter_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
+    return cfg
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
@@ -182,20 +203,29 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
     p = Path(path)
     if p.is_dir():
         p = p / "model.safetensors"
+    meta = read_metadata(p)  # the header alone: its config is checked before a tensor is read
+    if meta is None:
+        _, meta = read_safetensors(p)  # raises the CheckpointError that says why the file can't be read
+    train_state = meta.get("format") == TRAIN_STATE_FORMAT
+    config = read_config(meta, p, TRAIN_STATE_FORMAT if train_state else CHECKPOINT_FORMAT)
+    try:
+        cfg = checked_config(config)
+    except MissingExtra:
+        raise
+    except (ValueError, TypeError) as e:  # ConfigError included: unknown family or key, a size over its limit
+        raise CheckpointError(f"{p}: {e}") from None
     state, meta = read_safetensors(p)
-    if meta.get("format") == TRAIN_STATE_FORMAT:
-        config, state = read_config(meta, p, TRAIN_STATE_FORMAT), inference_weights(state)
-    else:
-        config = read_config(meta, p, CHECKPOINT_FORMAT)
+    if train_state:
+        state = inference_weights(state)
     record = BackboneRecord.from_header(meta, p)  # a run's best and last may leave a frozen backbone out
     if record is not None and not record.inline:
         backbone = read_backbone_file(record, p) if record.file else _backbone_from_source(config, record, p)
         state = with_backbone(state, backbone)
     try:
-        model = model_from_state(config, state)
+        model = cfg.model_class().from_state(cfg, state)
     except UserError:
         raise  # already says what to do (a missing extra, say)
-    except (ValueError, TypeError) as e:  # a config or weights that don't fit the model
+    except (ValueError, TypeError) as e:  # weights that don't fit the model
         raise CheckpointError(f"{p}: {e}") from None
     return model.to(device)
 

@@ -1,0 +1,199 @@
+"""Checkpoint and ONNX files made to hurt: every one is refused with a plaindet error naming the file,
+before anything is allocated, unpickled or run. (Truncated and zero-filled checkpoints are in
+``test_detector.py``; these are the files someone crafts.)"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import time
+
+import onnx
+import pytest
+import torch
+
+import plaindet
+from plaindet.errors import CheckpointError, ConfigError, UserError
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved tiny plaindet-t, as (raw bytes, header dict)."""
+    model = plaindet.create_model("plaindet-t", num_classes=2, image_size=64, backbone=dict(depth=1, width=64, heads=1), neck_channels=16)
+    path = model.save(tmp_path_factory.mktemp("ckpt") / "good.safetensors")
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return raw, json.loads(raw[8 : 8 + n])
+
+
+def _rewrite(raw: bytes, header: dict) -> bytes:
+    """The same tensor bytes behind a new header."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+
+
+def _with_config(saved, **changes) -> bytes:
+    """The checkpoint with its config changed: ``backbone__width=...`` sets ``config["backbone"]["width"]``."""
+    raw, header = saved
+    header = json.loads(json.dumps(header))
+    config = json.loads(header["__metadata__"]["config"])
+    for key, value in changes.items():
+        *parents, last = key.split("__")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    header["__metadata__"]["config"] = json.dumps(config)
+    return _rewrite(raw, header)
+
+
+def _refused(tmp_path, data: bytes, match: str, name: str = "bad.safetensors") -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=match) as info:
+        plaindet.load(path)
+    assert str(path) in str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(backbone__width=10**7), r"backbone\.width=10000000 is over the limit of 100,000 .*MAX_SIZE"),
+        (dict(backbone__depth=10**6), r"backbone\.depth=1000000 is over the limit of 256 .*MAX_LAYERS"),
+        (dict(num_classes=10**9, class_names=[], category_ids=[]), r"num_classes=1000000000 is over the limit"),
+        (dict(backbone__width=1e308), r"backbone\.width=1e\+308 is over the limit"),
+        (dict(backbone__width=60_000, backbone__heads=1, backbone__depth=12), r"billion parameters, over the limit of 2 billion"),
+        (dict(backbone__width=-8), r"does not describe a model that can be built"),
+    ],
+)
+def test_absurd_config_is_refused_before_any_allocation(saved, tmp_path, monkeypatch, change, match):
+    """Without the limits a width of 10^7 reached torch's allocator (a 30 GB request) and a depth of
+    10^6 ran for minutes building blocks; now both stop at the config, before torch builds anything."""
+
+    initialize = torch.nn.Linear.reset_parameters
+
+    def only_on_meta(self):  # the size check may build on the meta device (shapes only), never for real
+        assert self.weight.device.type == "meta", "a model was built on the CPU"
+        initialize(self)
+
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", only_on_meta)
+    start = time.perf_counter()
+    _refused(tmp_path, _with_config(saved, **change), match)
+    assert time.perf_counter() - start < 10
+
+
+def test_absurd_overrides_are_refused_by_create_model():
+    with pytest.raises(ConfigError, match=r"plaindet-t: backbone\.width=10000000 is over the limit"):
+        plaindet.create_model("plaindet-t", backbone=dict(width=10**7))
+    with pytest.raises(ConfigError, match=r"plaindet-t: num_classes=1000000000 is over the limit"):
+        plaindet.create_model("plaindet-t", num_classes=10**9)
+    with pytest.raises(ConfigError, match="billion parameters"):
+        plaindet.create_model("plaindet-t", backbone=dict(width=60_000, heads=1))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(name="no-such-model"), "unknown model 'no-such-model'"),
+        (dict(name=5), "has no model name"),
+        (dict(surprise=1), "unknown PlainDetConfig key 'surprise'"),
+        (dict(backbone__width="wide"), r"backbone\.width: expected int, got 'wide'"),
+        (dict(backbone=[1, 2]), "expected a mapping"),
+    ],
+)
+def test_unknown_family_key_or_type_names_the_file(saved, tmp_path, change, match):
+    _refused(tmp_path, _with_config(saved, **change), match)
+
+
+def test_config_that_is_not_an_object_or_nested_too_deeply(saved, tmp_path):
+    raw, header = saved
+    for text, match in (("[1, 2]", "not a JSON object"), ("[" * 100_000 + "]" * 100_000, "nested too deeply"), ("{oops", "not valid JSON")):
+        changed = json.loads(json.dumps(header))
+        changed["__metadata__"]["config"] = text
+        _refused(tmp_path, _rewrite(raw, changed), match)
+
+
+def test_header_that_lies_about_offsets_dtype_or_shape(saved, tmp_path):
+    raw, header = saved
+    name = next(k for k in header if k != "__metadata__")
+    for field, value in (("data_offsets", [0, 10**12]), ("dtype", "F64"), ("dtype", "Q99"), ("shape", [10**6, 10**6])):
+        changed = json.loads(json.dumps(header))
+        changed[name][field] = value
+        _refused(tmp_path, _rewrite(raw, changed), "not a readable safetensors file")
+    _refused(tmp_path, struct.pack("<Q", 2**62) + raw[8:], "not a readable safetensors file")
+
+
+def test_pickle_or_torch_save_renamed_safetensors_is_never_unpickled(tmp_path, monkeypatch):
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled')",))
+
+    pickled = pickle.dumps(Boom())
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called"))
+    _refused(tmp_path, pickled, "it is a Python pickle; it is not unpickled", name="pickle.safetensors")
+    zipped = tmp_path / "zipped.pt"
+    torch.save({"w": torch.zeros(2)}, zipped)
+    _refused(tmp_path, zipped.read_bytes(), "it is a zip archive, as torch.save writes", name="zipped.safetensors")
+
+
+# ------------------------------------------------------------------------------------------------
+# ONNX files
+
+
+def _onnx_file(path, metadata: dict[str, str], outputs: int = 3):
+    """A tiny graph (uint8 images in, ``outputs`` copies out) carrying ``metadata``."""
+    helper = onnx.helper
+    images = helper.make_tensor_value_info("images", onnx.TensorProto.UINT8, [1, 3, 32, 32])
+    outs = [helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.UINT8, [1, 3, 32, 32]) for i in range(outputs)]
+    nodes = [helper.make_node("Identity", ["images"], [f"out{i}"]) for i in range(outputs)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [images], outs), ir_version=10, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save(model, path)
+    return path
+
+
+GOOD_METADATA = {"class_names": '["a", "b"]', "image_size": "32", "input_size": "[32, 32]", "max_detections": "10"}
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("class_names", "[a"),
+        ("class_names", "5"),
+        ("class_names", "[" * 100_000),
+        ("category_ids", "{"),
+        ("image_size", "big"),
+        ("image_size", "-3"),
+        ("input_size", "[32]"),
+        ("input_size", "[-1, 1e9]"),
+        ("max_detections", "x"),
+    ],
+)
+def test_onnx_metadata_of_the_wrong_kind_names_the_file_and_entry(tmp_path, key, value):
+    """Each of these raised a bare JSONDecodeError, ValueError, TypeError or RecursionError before,
+    or loaded and failed later inside predict."""
+    path = _onnx_file(tmp_path / "m.onnx", {**GOOD_METADATA, key: value})
+    with pytest.raises(UserError, match=f"its metadata {key}=.* is not ") as info:
+        plaindet.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_onnx_graph_that_is_not_a_detector(tmp_path):
+    assert plaindet.load(_onnx_file(tmp_path / "ok.onnx", GOOD_METADATA)).input_size == (32, 32)
+    path = _onnx_file(tmp_path / "one.onnx", GOOD_METADATA, outputs=1)
+    with pytest.raises(UserError, match="not a plaindet ONNX graph .*1 outputs") as info:
+        plaindet.load(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07\x12", pickle.dumps({"a": 1}), bytes(range(256)) * 20])
+def test_onnx_file_that_is_not_onnx(tmp_path, content):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="not a readable ONNX file") as info:
+        plaindet.OnnxDetector(path)
+    assert str(path) in str(info.value)
