@@ -5,6 +5,7 @@ before anything is allocated, unpickled or run. (Truncated and zero-filled check
 from __future__ import annotations
 
 import json
+import re
 import pickle
 import struct
 import time
@@ -197,3 +198,52 @@ def test_onnx_file_that_is_not_onnx(tmp_path, content):
     with pytest.raises(UserError, match="not a readable ONNX file") as info:
         plaindet.OnnxDetector(path)
     assert str(path) in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# VOC XML: entity declarations and external DTDs are refused, never expanded or fetched
+
+
+def _laughs(levels: int = 9) -> str:
+    entities = "".join(f'<!ENTITY lol{i} "{("&lol%d;" % (i - 1)) * 10}">\n' for i in range(1, levels + 1))
+    return f'<?xml version="1.0"?>\n<!DOCTYPE a [\n<!ENTITY lol0 "lol">\n{entities}]>\n<annotation><filename>&lol{levels};</filename></annotation>'
+
+
+@pytest.mark.parametrize(
+    "xml, text",
+    [
+        (_laughs(), "declares entity 'lol0'; entity declarations are refused"),
+        ('<!DOCTYPE a [<!ENTITY a "' + "x" * 50_000 + '">]><annotation><filename>' + "&a;" * 20_000 + "</filename></annotation>", "declares entity 'a'"),
+        ('<!DOCTYPE a [<!ENTITY xxe SYSTEM "file://{secret}">]><annotation><filename>&xxe;</filename></annotation>', "declares entity 'xxe'"),
+        ('<!DOCTYPE a [<!ENTITY % p SYSTEM "file://{secret}"> %p;]><annotation/>', "declares entity 'p'"),
+        ('<!DOCTYPE annotation SYSTEM "http://127.0.0.1:9/voc.dtd"><annotation/>', "an external DTD .* is never fetched"),
+    ],
+    ids=["billion-laughs", "quadratic-blowup", "external-entity", "external-parameter-entity", "external-dtd"],
+)
+def test_voc_entity_payloads_are_refused_not_expanded(make_voc, tmp_path, monkeypatch, xml, text):
+    """Before, the billion laughs took 0.6 s to reach expat's amplification limit (and would expand
+    on an expat older than 2.4); now the first entity declaration stops the parse."""
+    import builtins
+
+    from plaindet.data import load_dataset
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: pytest.fail("secret read") if str(f) == str(secret) else real_open(f, *a, **k))
+    root = make_voc({"1": (64, 48, [("cat", 1, 1, 5, 5, False)]), "2": xml.replace("{secret}", str(secret))})
+    start = time.perf_counter()
+    ds = load_dataset(root)
+    assert time.perf_counter() - start < 5
+    problems = [p for p in ds.report.problems if p.kind == "malformed_xml"]
+    assert len(ds) == 1 and len(problems) == 1
+    assert problems[0].file.endswith("2.xml") and "refused XML" in problems[0].message
+    assert re.search(text, problems[0].message)
+
+
+def test_voc_bare_doctype_is_still_read(make_voc):
+    from plaindet.data import load_dataset
+
+    xml = "<!DOCTYPE annotation><annotation><filename>1.jpg</filename><object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>"
+    ds = load_dataset(make_voc({"1": xml}))
+    assert len(ds) == 1 and ds.class_names == ["cat"]

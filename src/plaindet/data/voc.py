@@ -23,11 +23,17 @@ objects) and skipped as training targets.
 Problems are reported in ``dataset.report``: ``malformed_xml`` and ``missing_annotation`` (image
 skipped), ``missing_image``, ``unreadable_image``, ``malformed_object`` and ``bad_class_id``
 (object skipped), ``degenerate_box``, ``box_clipped`` and ``size_mismatch``.
+
+XML is input from anyone: a file that declares an entity (the "billion laughs" expansion bomb, or an
+external entity pointing at a local file or a URL) or names an external DTD is refused as
+``malformed_xml`` at the declaration, before anything is expanded, read or fetched. VOC annotations
+never need either; a bare ``<!DOCTYPE annotation>`` is accepted.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from xml.parsers import expat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,14 +89,16 @@ def list_voc_splits(path: str | Path) -> list[str]:
 def _parse(file: Path) -> _Annotation:
     ann = _Annotation(file)
     try:
-        tree = ET.parse(file)
-    except ET.ParseError as e:
+        node = read_xml(file.read_bytes())
+    except _Refused as e:
+        ann.error = f"refused XML: {e}"
+        return ann
+    except expat.ExpatError as e:
         ann.error = f"malformed XML: {e}"  # the message names the line and column
         return ann
     except OSError as e:
         ann.error = f"cannot read ({e})"
         return ann
-    node = tree.getroot()
     ann.filename = (node.findtext("filename") or "").strip()
     try:
         width, height = int(float(node.findtext("size/width", ""))), int(float(node.findtext("size/height", "")))
@@ -106,6 +114,33 @@ def _parse(file: Path) -> _Annotation:
         except ValueError:
             ann.objects.append(_Object(name, None, difficult, "<bndbox> needs numeric xmin, ymin, xmax, ymax"))
     return ann
+
+
+class _Refused(Exception):
+    """An XML construct refused on sight (see the module docstring)."""
+
+
+def read_xml(data: bytes) -> ET.Element:
+    """The root element of an XML document, parsed by expat with entity declarations and external
+    DTDs refused (:class:`_Refused`, naming the line) and never expanded or fetched; malformed XML
+    raises ``expat.ExpatError`` naming the line and column."""
+    parser = expat.ParserCreate()
+    builder = ET.TreeBuilder()
+
+    def doctype(name, system_id, public_id, has_internal_subset):
+        if system_id or public_id:
+            raise _Refused(f"line {parser.CurrentLineNumber}: an external DTD ({system_id or public_id}) is never fetched")
+
+    def entity(name, *args):
+        raise _Refused(f"line {parser.CurrentLineNumber}: declares entity {name!r}; entity declarations are refused, never expanded")
+
+    parser.StartDoctypeDeclHandler = doctype
+    parser.EntityDeclHandler = entity
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    parser.Parse(data, True)
+    return builder.close()
 
 
 def load_voc(
