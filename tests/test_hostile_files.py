@@ -247,3 +247,40 @@ def test_voc_bare_doctype_is_still_read(make_voc):
     xml = "<!DOCTYPE annotation><annotation><filename>1.jpg</filename><object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>"
     ds = load_dataset(make_voc({"1": xml}))
     assert len(ds) == 1 and ds.class_names == ["cat"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Images: a decompression bomb is refused by a pixel limit the user can raise
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG of under a kilobyte whose header says ``width x height`` (1-bit gray): a bomb if decoded."""
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    first_rows = zlib.compress((b"\x00" * (1 + (width + 7) // 8)) * 8, 9)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", first_rows) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_with_the_limit_to_raise(make_yolo, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from plaindet.data import load_dataset
+    from plaindet.data.images import ImageTooLarge, image_size, read_image
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_claiming(40_000, 40_000))  # 1.6 gigapixels, 6.4 GB as RGB
+    start = time.perf_counter()
+    for read in (image_size, read_image):
+        with pytest.raises(ImageTooLarge, match=r"bomb\.png: image is too large .*PIL\.Image\.MAX_IMAGE_PIXELS = <pixels>"):
+            read(bomb)
+    root = make_yolo({"train": {"a.jpg": (64, 48, "0 0.5 0.5 0.2 0.2\n")}})
+    (root.parent / "images" / "train" / "b.png").write_bytes(bomb.read_bytes())
+    ds = load_dataset(root)
+    assert len(ds) == 1 and any("too large to decode safely" in p.message and p.file.endswith("b.png") for p in ds.report.problems)
+    assert time.perf_counter() - start < 5
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000 * 40_000)  # the user's choice: the header is then read
+    assert image_size(bomb) == (40_000, 40_000)

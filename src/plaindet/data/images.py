@@ -37,6 +37,11 @@ _TRANSPOSE = {
 }
 
 
+# The pixel limit is Pillow's own (Image.MAX_IMAGE_PIXELS, 89 megapixels by default): a header that
+# promises more is refused before a pixel is decoded. A user with genuinely large images raises it.
+RAISE_LIMIT = "if the image is genuine, raise the limit first: PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None removes it)"
+
+
 class ImageReadError(DatasetError):
     """An image file is missing, unreadable, truncated or too large. The message names the file."""
 
@@ -59,7 +64,7 @@ def _open(path: Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"{path}: image is too large to decode safely ({e})") from None
+        raise ImageTooLarge(f"{path}: image is too large to decode safely ({e}); {RAISE_LIMIT}") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except OSError as e:
