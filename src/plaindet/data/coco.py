@@ -104,6 +104,10 @@ def read_coco_json(file: str | Path) -> dict:
         raise DatasetError(f"{file}: line {e.lineno}, column {e.colno}: not valid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise DatasetError(f"{file}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except ValueError as e:  # a number of more than 4,300 digits (Python's int-conversion limit)
+        raise DatasetError(f"{file}: not a COCO annotation file ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{file}: JSON nested too deeply to be a COCO annotation file") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{file}: a COCO file is a JSON object with images, annotations and categories")
     for key in ("images", "annotations", "categories"):

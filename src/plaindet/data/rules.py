@@ -162,4 +162,9 @@ def image_problem(error: Exception, path: str | Path) -> str:
 
 def is_number(value: object) -> bool:
     """A finite int or float from parsed JSON/YAML (``bool`` is not a number here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (JSON and YAML integers have no bound)
+        return False
