@@ -280,3 +280,27 @@ def test_coco_numbers_and_nesting_past_pythons_limits(base, text, outcome):
         return
     ds = load_dataset(file)
     assert len(ds) == 1 and len(ds.samples[0].boxes) == 0 and ds.report.counts["malformed_annotation"] == 1
+
+
+def test_names_longer_than_the_file_system_allows(base, make_voc):
+    """``Path.is_file`` raises OSError (ENAMETOOLONG) for a name over 255 bytes: it escaped from the
+    COCO and VOC readers; now the image is missing (COCO) or found by its id (VOC), and a YOLO yaml
+    naming such a folder is a DatasetError."""
+    long_name = "x" * 1000 + ".jpg"
+    file = _example_dir(base) / "instances_train.json"
+    file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}, {"id": 2, "file_name": long_name, "width": 64, "height": 48}],
+        "annotations": [], "categories": [{"id": 1, "name": "cat"}],
+    }))
+    ds = load_dataset(file)
+    assert len(ds) == 1 and ds.report.counts["missing_image"] == 1
+    xml = f"<annotation><filename>{long_name}</filename><size><width>1e999</width><height>48</height></size></annotation>"
+    ds = load_dataset(make_voc({"1": xml}))  # the infinite width raised OverflowError too
+    assert len(ds) == 1
+    root = _example_dir(base)
+    (root / "data.yaml").write_text(json.dumps({"names": ["cat"], "train": long_name}))
+    with pytest.raises(UserError, match="data.yaml|x{100}"):
+        load_dataset(root / "data.yaml")
+    (root / "deep.yaml").write_text("names: " + "[" * 5000 + "]" * 5000 + "\ntrain: images\n")
+    with pytest.raises(UserError, match="deep.yaml: YAML nested too deeply"):
+        load_dataset(root / "deep.yaml")

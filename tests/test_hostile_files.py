@@ -66,6 +66,7 @@ def _refused(tmp_path, data: bytes, match: str, name: str = "bad.safetensors") -
         (dict(backbone__depth=10**6), r"backbone\.depth=1000000 is over the limit of 256 .*MAX_LAYERS"),
         (dict(num_classes=10**9, class_names=[], category_ids=[]), r"num_classes=1000000000 is over the limit"),
         (dict(backbone__width=1e308), r"backbone\.width=1e\+308 is over the limit"),
+        (dict(backbone__width=10**400), r"backbone\.width=\(an integer of 1329 bits\) is over the limit"),
         (dict(backbone__width=60_000, backbone__heads=1, backbone__depth=12), r"billion parameters, over the limit of 2 billion"),
         (dict(backbone__width=-8), r"does not describe a model that can be built"),
     ],
@@ -125,6 +126,9 @@ def test_header_that_lies_about_offsets_dtype_or_shape(saved, tmp_path):
         changed[name][field] = value
         _refused(tmp_path, _rewrite(raw, changed), "not a readable safetensors file")
     _refused(tmp_path, struct.pack("<Q", 2**62) + raw[8:], "not a readable safetensors file")
+    changed = json.loads(json.dumps(header))  # a shape of the right size but the wrong layout: torch raised RuntimeError
+    changed["head.level_scales"]["shape"] = [*header["head.level_scales"]["shape"], 1]
+    _refused(tmp_path, _rewrite(raw, changed), "size mismatch for head.level_scales")
 
 
 def test_pickle_or_torch_save_renamed_safetensors_is_never_unpickled(tmp_path, monkeypatch):
@@ -145,12 +149,21 @@ def test_pickle_or_torch_save_renamed_safetensors_is_never_unpickled(tmp_path, m
 # ONNX files
 
 
-def _onnx_file(path, metadata: dict[str, str], outputs: int = 3):
-    """A tiny graph (uint8 images in, ``outputs`` copies out) carrying ``metadata``."""
+def _onnx_file(path, metadata: dict[str, str], outputs: int | None = None):
+    """A tiny graph carrying ``metadata``: uint8 images in, constant detections out (boxes, scores and
+    labels), or with ``outputs`` given, that many copies of the images."""
+    import numpy as np
+
     helper = onnx.helper
     images = helper.make_tensor_value_info("images", onnx.TensorProto.UINT8, [1, 3, 32, 32])
-    outs = [helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.UINT8, [1, 3, 32, 32]) for i in range(outputs)]
-    nodes = [helper.make_node("Identity", ["images"], [f"out{i}"]) for i in range(outputs)]
+    if outputs is None:
+        values = {"boxes": np.array([[[1, 2, 10, 12], [0, 0, 5, 5]]], np.float32), "scores": np.array([[0.9, 0.1]], np.float32),
+                  "labels": np.array([[1, 0]], np.int64)}
+        nodes = [helper.make_node("Constant", [], [k], value=onnx.numpy_helper.from_array(v)) for k, v in values.items()]
+        outs = [helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in values.items()]
+    else:
+        outs = [helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.UINT8, [1, 3, 32, 32]) for i in range(outputs)]
+        nodes = [helper.make_node("Identity", ["images"], [f"out{i}"]) for i in range(outputs)]
     model = helper.make_model(helper.make_graph(nodes, "g", [images], outs), ir_version=10, opset_imports=[helper.make_opsetid("", 20)])
     onnx.helper.set_model_props(model, metadata)
     onnx.save(model, path)
@@ -184,9 +197,21 @@ def test_onnx_metadata_of_the_wrong_kind_names_the_file_and_entry(tmp_path, key,
 
 
 def test_onnx_graph_that_is_not_a_detector(tmp_path):
-    assert plaindet.load(_onnx_file(tmp_path / "ok.onnx", GOOD_METADATA)).input_size == (32, 32)
-    path = _onnx_file(tmp_path / "one.onnx", GOOD_METADATA, outputs=1)
-    with pytest.raises(UserError, match="not a plaindet ONNX graph .*1 outputs") as info:
+    import numpy as np
+
+    detector = plaindet.load(_onnx_file(tmp_path / "ok.onnx", GOOD_METADATA))
+    assert detector.input_size == (32, 32) and len(detector.predict(np.zeros((16, 16, 3), np.uint8), threshold=0.5)) == 1
+    for outputs in (1, 3):  # the wrong number of outputs, or three of the wrong rank (which predict failed on)
+        path = _onnx_file(tmp_path / f"{outputs}.onnx", GOOD_METADATA, outputs=outputs)
+        with pytest.raises(UserError, match=f"not a plaindet ONNX graph .*{outputs} outputs") as info:
+            plaindet.load(path)
+        assert str(path) in str(info.value)
+
+
+def test_onnx_metadata_that_is_not_utf8(tmp_path):
+    path = _onnx_file(tmp_path / "m.onnx", {**GOOD_METADATA, "model": "XXXX"})
+    path.write_bytes(path.read_bytes().replace(b"XXXX", b"\xff\xfe\xfd\xfc"))  # a UnicodeDecodeError escaped before
+    with pytest.raises(UserError, match="its metadata is not UTF-8 text") as info:
         plaindet.load(path)
     assert str(path) in str(info.value)
 

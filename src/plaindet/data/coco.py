@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from plaindet.data.images import ImageReadError, image_size
-from plaindet.data.rules import BoxBuilder, image_problem, is_number, match_split, split_order
+from plaindet.data.rules import BoxBuilder, image_problem, is_file, is_number, match_split, split_order
 from plaindet.data.sample import DetectionDataset, LoadReport
 from plaindet.errors import DatasetError
 
@@ -221,9 +221,9 @@ def _read_images(
 def _find_image(file_name: str, roots: list[Path]) -> Path | None:
     candidate = Path(file_name.replace("\\", "/"))  # exports made on Windows may use backslashes
     if candidate.is_absolute():
-        return candidate if candidate.is_file() else None
+        return candidate if is_file(candidate) else None
     for i, root in enumerate(roots):
-        if (root / candidate).is_file():
+        if is_file(root / candidate):
             # Images of one split almost always share a folder: try this one first from now on.
             roots.insert(0, roots.pop(i))
             return root / candidate

@@ -32,7 +32,7 @@ from plaindet.data.sample import DetectionDataset
 from plaindet.data.shapes import builtin_shapes, parse_builtin
 from plaindet.data.voc import list_voc_splits, load_voc
 from plaindet.data.yolo import YAML_NAMES, find_yaml, list_yolo_splits, load_yolo
-from plaindet.errors import DatasetError
+from plaindet.errors import DatasetError, UserError
 
 
 @dataclass(frozen=True)
@@ -125,4 +125,9 @@ def load_dataset(path: str | Path, split: str = "train", *, check_images: bool =
             JSON or YAML, duplicate image or category ids); the message names the file.
     """
     path = resolve(path)
-    return READERS[detect_format(path)].load(path, split, check_images=check_images)
+    try:
+        return READERS[detect_format(path)].load(path, split, check_images=check_images)
+    except OSError as e:  # a path the dataset names that the file system refuses (too long, no permission)
+        if isinstance(e, UserError):  # NotFound is a FileNotFoundError too, and already says what is missing
+            raise
+        raise DatasetError(f"{path}: a file of this dataset can't be read ({e})") from None

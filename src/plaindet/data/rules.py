@@ -168,3 +168,12 @@ def is_number(value: object) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an int too large for a float (JSON and YAML integers have no bound)
         return False
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()`` for a path built from a dataset's contents, which may be a name no file
+    system holds (longer than its limit, say): ``False`` rather than the ``OSError``."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plaindet.data.images import IMAGE_SUFFIXES, ImageReadError, image_size
-from plaindet.data.rules import BoxBuilder, image_problem, match_split, split_order
+from plaindet.data.rules import BoxBuilder, image_problem, is_file, match_split, split_order
 from plaindet.data.sample import DetectionDataset, LoadReport
 from plaindet.errors import DatasetError
 
@@ -103,7 +103,7 @@ def _parse(file: Path) -> _Annotation:
     try:
         width, height = int(float(node.findtext("size/width", ""))), int(float(node.findtext("size/height", "")))
         ann.size = (width, height) if width > 0 and height > 0 else None
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or an infinite one
         ann.size = None
     for obj in node.findall("object"):  # direct children: an object's <part>s are not objects
         name = (obj.findtext("name") or "").strip()
@@ -214,7 +214,7 @@ def load_voc(
 
 def _find_image(root: Path, stem: str, filename: str) -> Path | None:
     folder = root / "JPEGImages"
-    if filename and (folder / filename).is_file():
+    if filename and is_file(folder / filename):
         return folder / filename
     # <filename> is sometimes stale (renamed images); the id names the image too.
     for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):

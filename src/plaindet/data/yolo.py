@@ -107,6 +107,8 @@ def read_yolo_yaml(path: str | Path) -> YoloConfig:
         raise DatasetError(f"{file}: {where}not valid YAML: {getattr(e, 'problem', None) or e}") from None
     except UnicodeDecodeError as e:
         raise DatasetError(f"{file}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise DatasetError(f"{file}: YAML nested too deeply to be a dataset yaml") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{file}: a dataset yaml is a mapping with 'names' and 'train'/'val'/'test' keys")
 

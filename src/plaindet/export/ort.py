@@ -69,7 +69,10 @@ class OnnxDetector:
         except Exception as e:  # onnxruntime raises its own types for files it can't parse
             raise UserError(f"{self.path}: not a readable ONNX file ({e})") from None
 
-        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{self.path}: its metadata is not UTF-8 text ({e.reason} at byte {e.start})") from None
         missing = [k for k in _REQUIRED_METADATA if k not in meta]
         if missing:
             raise UserError(f"{self.path}: not a plaindet ONNX file (metadata {missing} missing); export it with `plaindet export`")
@@ -85,10 +88,11 @@ class OnnxDetector:
         self.precision = meta.get("precision", "fp32")
         self.model_name = meta.get("model", "")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) != 3:
+        ranks = [len(o.shape) for o in outputs]
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or ranks != [3, 2, 2]:
             raise UserError(
-                f"{self.path}: not a plaindet ONNX graph (it has {len(inputs)} inputs and {len(outputs)} outputs; a plaindet "
-                "export has one (B, 3, H, W) image input and three outputs: boxes, scores, labels)"
+                f"{self.path}: not a plaindet ONNX graph (it has {len(inputs)} inputs and {len(outputs)} outputs of ranks {ranks}; "
+                "a plaindet export has one (B, 3, H, W) image input and three outputs: boxes (B, k, 4), scores (B, k), labels (B, k))"
             )
         self._input = inputs[0]
         batch = self._input.shape[0]

@@ -225,7 +225,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> DetectionModel:
         model = cfg.model_class().from_state(cfg, state)
     except UserError:
         raise  # already says what to do (a missing extra, say)
-    except (ValueError, TypeError) as e:  # weights that don't fit the model
+    except (ValueError, TypeError, RuntimeError) as e:  # weights that don't fit the model (torch: a size mismatch)
         raise CheckpointError(f"{p}: {e}") from None
     return model.to(device)
 

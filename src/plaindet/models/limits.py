@@ -57,7 +57,7 @@ def size_problem(config: Any, where: str = "") -> str | None:
             continue
         limit, what = (MAX_LAYERS, "MAX_LAYERS") if key in LAYER_FIELDS else (MAX_SIZE, "MAX_SIZE")
         if abs(value) > limit:
-            shown = f"{int(value)}" if abs(value) < 1e15 else f"{value:g}"
+            shown = f"{int(value)}" if abs(value) < 10**15 else f"{value:g}" if isinstance(value, float) else f"(an integer of {value.bit_length()} bits)"
             return f"{name}={shown} is over the limit of {limit:,} (plaindet.models.limits.{what}); refused before building anything"
     return None
 
