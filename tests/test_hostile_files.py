@@ -9,6 +9,7 @@ import re
 import pickle
 import struct
 import time
+from pathlib import Path
 
 import onnx
 import pytest
@@ -216,6 +217,16 @@ def test_onnx_metadata_that_is_not_utf8(tmp_path):
     assert str(path) in str(info.value)
 
 
+def test_onnx_labels_outside_the_class_list(tmp_path):
+    """A graph whose labels index past its class names raised IndexError inside predict (found by benchmarks/fuzz.py)."""
+    import numpy as np
+
+    path = _onnx_file(tmp_path / "m.onnx", {**GOOD_METADATA, "class_names": '["only"]'})
+    with pytest.raises(UserError, match="its graph gave class 1, but its metadata names 1 classes") as info:
+        plaindet.load(path).predict(np.zeros((16, 16, 3), np.uint8))
+    assert str(path) in str(info.value)
+
+
 @pytest.mark.parametrize("content", [b"", b"\x08\x07\x12", pickle.dumps({"a": 1}), bytes(range(256)) * 20])
 def test_onnx_file_that_is_not_onnx(tmp_path, content):
     path = tmp_path / "m.onnx"
@@ -309,3 +320,79 @@ def test_decompression_bomb_is_refused_with_the_limit_to_raise(make_yolo, tmp_pa
     assert time.perf_counter() - start < 5
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000 * 40_000)  # the user's choice: the header is then read
     assert image_size(bomb) == (40_000, 40_000)
+
+
+# ------------------------------------------------------------------------------------------------
+# Interrupted writes: a writer SIGKILLed mid-write leaves the previous file or the complete new one
+
+KILL_MID_WRITE = """
+import os, signal, sys, pathlib
+import onnx
+
+calls = 0
+real_write_text, real_save = pathlib.Path.write_text, onnx.save
+
+def torn_write_text(self, text, *args, **kwargs):  # the n-th file written under argv[3] is torn, then the process dies
+    global calls
+    calls += str(self).startswith(sys.argv[3])
+    if calls == int(sys.argv[2]) and str(self).startswith(sys.argv[3]):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_write_text(self, text, *args, **kwargs)
+
+def torn_save(proto, path, *args, **kwargs):
+    pathlib.Path(path).write_bytes(proto.SerializeToString()[:1000])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+pathlib.Path.write_text, onnx.save = torn_write_text, torn_save
+exec(sys.argv[1])
+"""
+
+
+def _killed_mid_write(code: str, nth_text_file: int = 1, under: Path = Path("/nowhere")) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(plaindet.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, code, str(nth_text_file), str(under)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+
+
+def test_convert_killed_mid_write_leaves_no_output_folder(make_yolo, tmp_path):
+    """Conversion writes into a hidden staging folder renamed at the end: after a SIGKILL in the
+    middle of a file, the output folder does not exist, and the next run writes it whole."""
+    from plaindet.data.convert import convert_dataset
+
+    images = {f"{i}.jpg": (64, 48, f"{i % 2} 0.5 0.5 0.{i + 1} 0.2\n") for i in range(4)}
+    source = make_yolo({"train": images})
+    convert_dataset(source, "coco", tmp_path / "whole")
+    convert_dataset(tmp_path / "whole", "yolo", tmp_path / "whole-yolo")
+    for target, src, out, nth in (("coco", source, "killed", 1), ("yolo", tmp_path / "whole", "killed-yolo", 3)):
+        code = f"from plaindet.data.convert import convert_dataset; convert_dataset({str(src)!r}, {target!r}, {str(tmp_path / out)!r})"
+        _killed_mid_write(code, nth, tmp_path / f".{out}.partial")
+        assert not (tmp_path / out).exists()
+        convert_dataset(src, target, tmp_path / out)
+        reference = tmp_path / ("whole" if target == "coco" else "whole-yolo")
+        written = sorted(p.relative_to(tmp_path / out) for p in (tmp_path / out).rglob("*") if p.suffix in (".json", ".txt", ".yaml"))
+        assert written and all((tmp_path / out / p).read_bytes() == (reference / p).read_bytes() for p in written)
+
+
+def test_export_killed_mid_write_keeps_the_previous_file(saved, tmp_path):
+    raw, _ = saved
+    checkpoint = tmp_path / "m.safetensors"
+    checkpoint.write_bytes(raw)
+    target = tmp_path / "m.onnx"
+    from plaindet.export.onnx import export_onnx
+
+    export_onnx(plaindet.load(checkpoint), target, image_size=64)
+    before = target.read_bytes()
+    _killed_mid_write(f"import plaindet; from plaindet.export.onnx import export_onnx; export_onnx(plaindet.load({str(checkpoint)!r}), {str(target)!r}, image_size=64)")
+    assert target.read_bytes() == before and plaindet.load(target).input_size == (64, 64)
+    from plaindet.export.quantize import quantize_onnx
+
+    half = quantize_onnx(target, tmp_path / "m-fp16.onnx", "fp16")
+    before = half.read_bytes()
+    _killed_mid_write(f"from plaindet.export.quantize import quantize_onnx; quantize_onnx({str(target)!r}, {str(half)!r}, 'fp16')")
+    assert half.read_bytes() == before and plaindet.load(half).precision == "fp16"

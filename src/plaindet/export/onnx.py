@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from plaindet.errors import require_extra
+from plaindet.weights import atomic_write
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels")
@@ -137,12 +138,14 @@ def export_onnx(
     device = next(model.parameters()).device
     example = torch.zeros(2 if dynamic_batch else 1, 3, side, side, dtype=torch.uint8, device=device)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    path = _trace(wrapper, example, path, list(OUTPUT_NAMES), opset=opset, dynamic_shapes=dynamic_shapes)
+    path = Path(path)
+    traced = _trace(wrapper, example, _trace_path(path), list(OUTPUT_NAMES), opset=opset, dynamic_shapes=dynamic_shapes)
 
     from plaindet.config import to_dict
     from plaindet.version import __version__
 
-    proto = onnx.load(path)
+    proto = onnx.load(traced)
+    traced.unlink()
     onnx.helper.set_model_props(
         proto,
         {
@@ -164,8 +167,14 @@ def export_onnx(
         f"scores float32 (B, k) high to low, labels int64 (B, k); k = {wrapper.max_detections}"
     )
     onnx.checker.check_model(proto)
-    onnx.save(proto, path)
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))  # a kill mid-write leaves the previous file
     return path
+
+
+def _trace_path(path: Path) -> Path:
+    """Where the exporter writes its raw graph before plaindet's metadata is added: a hidden file
+    beside ``path``, so ``path`` itself is only ever replaced whole (:func:`plaindet.weights.atomic_write`)."""
+    return path.parent / f".{path.name}.trace.tmp"
 
 
 def _trace(wrapper: nn.Module, example: Tensor, path: str | os.PathLike, output_names: list[str], *, opset: int | None, dynamic_shapes) -> Path:
@@ -226,8 +235,10 @@ def export_group_onnx(group: nn.Module, path: str | os.PathLike, *, image_size: 
     device = next(group.parameters()).device
     example = torch.zeros(1, 3, side, side, dtype=torch.uint8, device=device)
     names = group_output_names(len(group.members))
-    path = _trace(GroupExportWrapper(group).eval(), example, path, names, opset=opset, dynamic_shapes=None)
-    proto = onnx.load(path)
+    path = Path(path)
+    traced = _trace(GroupExportWrapper(group).eval(), example, _trace_path(path), names, opset=opset, dynamic_shapes=None)
+    proto = onnx.load(traced)
+    traced.unlink()
     members = [
         {"name": n, "model": m.config.name, "class_names": list(m.config.class_names), "category_ids": [int(i) for i in m.config.category_ids], "max_detections": m.config.max_detections}
         for n, m in zip(group.names, group.members)
@@ -244,7 +255,7 @@ def export_group_onnx(group: nn.Module, path: str | os.PathLike, *, image_size: 
     )
     proto.doc_string = f"plaindet group of {len(members)} detectors on one backbone: images uint8 (1, 3, {side}, {side}) -> {', '.join(names)}"
     onnx.checker.check_model(proto)
-    onnx.save(proto, path)
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))  # a kill mid-write leaves the previous file
     return path
 
 

@@ -108,6 +108,8 @@ class OnnxDetector:
         """The raw graph: ``uint8 (B, 3, H, W)`` at :attr:`input_size` -> ``boxes (B, k, 4)`` xyxy input
         pixels, ``scores (B, k)``, ``labels (B, k)``."""
         boxes, scores, labels = self.session.run(None, {self._input.name: np.ascontiguousarray(images, dtype=np.uint8)})
+        if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+            raise UserError(f"{self.path}: its graph gave class {labels.max()}, but its metadata names {len(self.class_names)} classes")
         return boxes, scores, labels
 
     def predict(self, images: Any, threshold: float = 0.3, image_size: int | None = None, batch_size: int = 8):

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from plaindet.errors import DatasetError, require_extra
+from plaindet.weights import atomic_write
 
 MODES = ("int8-static", "int8-dynamic", "fp16")
 # The ops whose inputs are quantized in int8-static; everything else stays float.
@@ -229,27 +230,31 @@ def quantize_onnx(
     require_extra("onnxruntime", "onnx", "ONNX export and inference")
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    methods = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+    if mode == "int8-static" and not calib_images:
+        raise ValueError("int8-static quantization needs calibration images (calib_images=...)")
+    if mode != "fp16" and calibrate_method not in methods:
+        raise ValueError(f"calibrate_method must be one of {sorted(methods)}, got {calibrate_method!r}")
     model = onnx.load(src)
-    if mode == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        # The prediction layers and everything after them (box decoding: exp(d) * stride overflows
-        # float16's 65504; sigmoid, top-k) stay float32.
-        half = convert_float_to_float16(model, keep_io_types=True, node_block_list=prediction_nodes(model))
-        _drop_duplicate_casts(half)
-        onnx.save(half, dst)
-    else:
-        methods = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
-        if mode == "int8-static" and not calib_images:
-            raise ValueError("int8-static quantization needs calibration images (calib_images=...)")
-        if calibrate_method not in methods:
-            raise ValueError(f"calibrate_method must be one of {sorted(methods)}, got {calibrate_method!r}")
-        _to_int8(
-            model, src, dst, mode, calib_images=calib_images, per_channel=per_channel, keep_output_layers=keep_output_layers,
-            quantize_attention=quantize_attention, calibrate_method=methods[calibrate_method], nodes_to_exclude=nodes_to_exclude,
-            extra_options=extra_options or {},
-        )  # fmt: skip
-    _copy_metadata(model, dst, mode)
+    def write(tmp: str) -> None:  # into a temporary file beside dst, renamed over it when complete
+        if mode == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            # The prediction layers and everything after them (box decoding: exp(d) * stride overflows
+            # float16's 65504; sigmoid, top-k) stay float32.
+            half = convert_float_to_float16(model, keep_io_types=True, node_block_list=prediction_nodes(model))
+            _drop_duplicate_casts(half)
+            onnx.save(half, tmp)
+        else:
+            _to_int8(
+                model, src, Path(tmp), mode, calib_images=calib_images, per_channel=per_channel, keep_output_layers=keep_output_layers,
+                quantize_attention=quantize_attention, calibrate_method=methods[calibrate_method], nodes_to_exclude=nodes_to_exclude,
+                extra_options=extra_options or {},
+            )  # fmt: skip
+        _copy_metadata(model, Path(tmp), mode)
+
+    atomic_write(dst, write)  # a kill mid-write leaves the previous file, never a torn one
     return dst
 
 
