@@ -152,3 +152,36 @@ def test_apply_writes_a_checked_copy_and_leaves_the_original(one_image, tmp_path
     _, applied = apply_suggestions(suggestions, tmp_path / "fixed3", min_score=0.0)
     assert applied == 0
     assert _hashes(dataset.root) == original
+
+
+def test_cli_report_is_self_contained_and_apply_round_trips(one_image, tmp_path):
+    from typer.testing import CliRunner
+
+    from plaindet.cli import app
+
+    dataset = one_image([(A, 2), (C, 1)])
+    original = _hashes(dataset.root)
+    results = tmp_path / "predictions.json"
+    results.write_text(json.dumps(CLEAN_PREDICTIONS))
+    runner = CliRunner()
+    got = runner.invoke(app, ["data", "audit", "--data", str(dataset.root), "--predictions", str(results), "--out", str(tmp_path / "report")])
+    assert got.exit_code == 0, got.output
+    assert "3 issues" in got.output
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=|@import|url\(", page)  # nothing external
+    assert page.count("src='data:image/jpeg;base64,") == 3
+    for kind in ("overlooked", "spurious", "wrong_class"):
+        assert f"data-kind='{kind}'" in page
+    rows = (tmp_path / "report" / "suggestions.csv").read_text().splitlines()
+    assert len(rows) == 4
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n")
+    got = runner.invoke(app, ["data", "audit", "--apply", str(tmp_path / "report" / "suggestions.json"), "--accept", str(ids), "--out", str(tmp_path / "fixed")])
+    assert got.exit_code == 0, got.output
+    assert "1 suggestions applied" in got.output
+    assert [c.failed for c in check_dataset(tmp_path / "fixed")] == [False]
+    assert _hashes(dataset.root) == original
+    got = runner.invoke(app, ["data", "audit", "--data", str(dataset.root), "--out", str(tmp_path / "r2")])
+    assert got.exit_code == 2 and "give one of --weights" in got.output

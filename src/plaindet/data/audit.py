@@ -11,13 +11,13 @@ Issue types (``kind``), what they mean and the fix suggested:
 
 - ``overlooked``: a confident prediction overlaps no label of any class (IoU below
   ``overlap_iou``): suggest adding the predicted box. Score ``1 - confidence`` mapped so that a
-  confidence of ``min_score`` scores 0.5.
+  confidence of ``min_confidence`` scores 0.5.
 - ``spurious``: a label where the model sees nothing of any class: the support
   ``max_j confidence_j * IoU_j`` over all predictions is below ``spurious_support``: suggest removing it.
 - ``wrong_class``: a prediction of another class overlaps the label (IoU at least ``match_iou``) and
   no confident prediction of the label's class does: score ``1 - other * (1 - same)``, ``other`` and
   ``same`` the best confidences of the other class and of the label's class: suggest the other class.
-- ``badly_located``: the best confident same-class prediction (confidence at least ``min_score``,
+- ``badly_located``: the best confident same-class prediction (confidence at least ``min_confidence``,
   IoU at least ``overlap_iou``) overlaps the label only partly: its IoU ``q`` is below ``loc_iou``;
   score ``q`` mapped so ``loc_iou`` scores 0.5: suggest the predicted box.
 - ``duplicate``: two labels of one class overlap by at least ``duplicate_iou`` and the model does
@@ -37,14 +37,15 @@ import csv
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from plaindet.data.results import coco_results, read_predictions
 from plaindet.data.sample import DetectionDataset, Sample
-from plaindet.errors import DatasetError, UserError
+from plaindet.config import setting
+from plaindet.errors import ConfigError, DatasetError, UserError
 
 KINDS = ("overlooked", "spurious", "wrong_class", "badly_located", "duplicate")
 ACTIONS = {"overlooked": "add", "spurious": "remove", "wrong_class": "relabel", "badly_located": "move", "duplicate": "remove"}
@@ -53,32 +54,25 @@ _FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The thresholds of the audit: the single source of its defaults (``plaindet data audit`` reads them).
+    """The thresholds of the audit: the single source of its defaults (``plaindet data audit``'s
+    options are derived from these fields). Every value is in ``[0, 1]``."""
 
-    ``threshold``: an issue is reported when its score is below it. ``min_score``: the confidence at
-    which a prediction counts as confident. ``match_iou``: IoU at which a prediction and a label are
-    taken to be the same object. ``overlap_iou``: below this IoU they do not touch. ``loc_iou``: a
-    same-class match below it is badly located. ``spurious_support``: a label whose best
-    ``confidence * IoU`` over all predictions is below it is spurious. ``duplicate_iou``: two labels
-    of one class overlapping this much may be one object. ``nms_iou``: overlooked-object candidates
-    overlapping a higher-scored one by this much are the same object.
-    """
-
-    threshold: float = 0.5
-    min_score: float = 0.5
-    match_iou: float = 0.5
-    overlap_iou: float = 0.25
-    loc_iou: float = 0.65
-    spurious_support: float = 0.1
-    duplicate_iou: float = 0.7
-    nms_iou: float = 0.5
+    threshold: float = setting(0.5, help="Report an issue when its score (0-1, low = likely wrong) is below this.")
+    min_confidence: float = setting(0.5, help="Confidence at which a prediction counts as confident.")
+    match_iou: float = setting(0.5, help="IoU at which a prediction and a label are one object.")
+    overlap_iou: float = setting(0.25, help="Below this IoU a prediction and a label do not touch.")
+    loc_iou: float = setting(0.65, help="A confident same-class match below this IoU is badly located.")
+    spurious_support: float = setting(0.1, help="A label whose best confidence x IoU over all predictions is below this is spurious.")
+    duplicate_iou: float = setting(0.7, help="Two labels of one class overlapping this much may be one object.")
+    nms_iou: float = setting(0.5, help="Overlooked-object candidates overlapping a higher-scored one this much are one object.")
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
+        for f in fields(self):
+            value = getattr(self, f.name)
             if not 0.0 <= value <= 1.0:
-                raise UserError(f"audit setting {name} must be in [0, 1], got {value}")
-        if not self.overlap_iou < self.loc_iou <= 1.0 or self.min_score in (0.0, 1.0) or self.spurious_support == 0.0:
-            raise UserError("audit settings need overlap_iou < loc_iou, 0 < min_score < 1 and spurious_support > 0")
+                raise ConfigError(f"audit setting {f.name} must be in [0, 1], got {value}")
+        if not self.overlap_iou < self.loc_iou or self.min_confidence in (0.0, 1.0) or self.spurious_support == 0.0:
+            raise ConfigError("audit settings need overlap_iou < loc_iou, 0 < min_confidence < 1 and spurious_support > 0")
 
 
 @dataclass
@@ -256,7 +250,7 @@ def _score_image(sample: Sample, pred: _Predictions, cfg: AuditConfig) -> list[t
             out.append(("wrong_class", score, index, box, label, suggestion, {"other_score": other_conf, "same_score": same_conf}))
 
         # badly located: the best confident same-class prediction overlaps only partly.
-        confident = same[g] & (pred.scores >= cfg.min_score) & (iou[g] >= cfg.overlap_iou)
+        confident = same[g] & (pred.scores >= cfg.min_confidence) & (iou[g] >= cfg.overlap_iou)
         if confident.any():
             j = int(np.flatnonzero(confident)[np.argmax(iou[g][confident])])
             q = float(iou[g, j])
@@ -274,7 +268,7 @@ def _duplicates(gt_boxes, gt_labels, label_idx, iou, same, pred: _Predictions, c
     confident predictions of that class match them (then there are two objects)."""
     out = []
     pair_iou = _iou(gt_boxes, gt_boxes)
-    confident = pred.scores >= cfg.min_score
+    confident = pred.scores >= cfg.min_confidence
     for a in range(len(gt_boxes)):
         for b in range(a + 1, len(gt_boxes)):
             overlap = float(pair_iou[a, b])
@@ -305,7 +299,7 @@ def _overlooked(covering: np.ndarray, pred: _Predictions, cfg: AuditConfig) -> l
     out = []
     for j in kept:
         box, label = pred.boxes[j].astype(np.float64).tolist(), int(pred.labels[j])
-        score = 1.0 - float(_ramp(pred.scores[j], 0.0, cfg.min_score))
+        score = 1.0 - float(_ramp(pred.scores[j], 0.0, cfg.min_confidence))
         suggestion = {"action": "add", "box": box, "label": label}
         out.append(("overlooked", score, None, box, label, suggestion, {"pred_score": float(pred.scores[j]), "cover_iou": float(cover[j])}))
     return out

@@ -365,6 +365,36 @@ def plot_pr_curves(metrics: CocoMetrics, out_dir: str | Path, *, classes_per_pag
 # The entry point: a dataset, and weights to run or predictions to score
 
 
+def predict_with_weights(
+    weights: str | Path, dataset: Any, *, image_size: int | None = None, batch_size: int = 8, device: str | None = None
+) -> tuple[list[dict], list[str]]:
+    """Load the model file ``weights`` (anything :func:`plaindet.load` reads; ``device`` default: cuda
+    if available, cpu for ``.onnx``) and run it on every image of ``dataset`` with
+    :func:`predict_dataset`. Returns the COCO results and warnings for the user (class names that
+    differ from the dataset's: classes are matched by index).
+
+    Raises :class:`~plaindet.errors.UserError` when the model's class count differs from the dataset's.
+    """
+    import plaindet
+    from plaindet.detections import predict_dataset
+
+    if device is None and Path(weights).suffix.lower() != ".onnx":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = plaindet.load(weights, device=device or "cpu")
+    names = list(predictor.class_names)
+    if len(names) != dataset.num_classes:
+        raise UserError(
+            f"{weights} has {len(names)} classes ({', '.join(names)}) but {dataset.root} has "
+            f"{dataset.num_classes} ({', '.join(dataset.class_names)})"
+        )
+    warnings = []
+    if names != list(dataset.class_names):
+        warnings.append(f"the model's class names {names} differ from the dataset's {dataset.class_names}; classes are matched by index")
+    return predict_dataset(predictor, dataset, image_size=image_size, batch_size=batch_size), warnings
+
+
 @dataclass
 class Evaluation:
     """What :func:`evaluate` measured: the ``metrics``, the ``dataset`` they were measured on, the COCO
@@ -407,23 +437,7 @@ def evaluate(
     dataset = load_dataset(data, split=split)
     warnings: list[str] = []
     if weights is not None:
-        import plaindet
-        from plaindet.detections import predict_dataset
-
-        if device is None and Path(weights).suffix.lower() != ".onnx":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        predictor = plaindet.load(weights, device=device or "cpu")
-        names = list(predictor.class_names)
-        if len(names) != dataset.num_classes:
-            raise UserError(
-                f"{weights} has {len(names)} classes ({', '.join(names)}) but {data} has "
-                f"{dataset.num_classes} ({', '.join(dataset.class_names)})"
-            )
-        if names != list(dataset.class_names):
-            warnings.append(f"the model's class names {names} differ from the dataset's {dataset.class_names}; classes are matched by index")
-        results = predict_dataset(predictor, dataset, image_size=image_size, batch_size=batch_size)
+        results, warnings = predict_with_weights(weights, dataset, image_size=image_size, batch_size=batch_size, device=device)
         where = str(weights)
     else:
         results = read_predictions(predictions) if isinstance(predictions, (str, Path)) else list(predictions)
