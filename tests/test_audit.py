@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 
+import numpy as np
 import pytest
 
 from plaindet.data import AuditConfig, audit, load_dataset
@@ -185,3 +186,25 @@ def test_cli_report_is_self_contained_and_apply_round_trips(one_image, tmp_path)
     assert _hashes(dataset.root) == original
     got = runner.invoke(app, ["data", "audit", "--data", str(dataset.root), "--out", str(tmp_path / "r2")])
     assert got.exit_code == 2 and "give one of --weights" in got.output
+
+
+def test_folds_train_with_the_engine_and_predict_every_image_out_of_sample(tiny_shapes, tmp_path, monkeypatch):
+    from plaindet.engine import label_audit
+
+    settings = {
+        "model": "plaindet-t", "max_steps": 2, "batch_size": 4, "image_size": 128, "amp": "off", "warmup_steps": 1,
+        "model_overrides": {"backbone": {"depth": 2, "window_size": 8}, "neck_channels": 32},
+    }  # fmt: skip
+    report = label_audit.run_audit(tiny_shapes, "valid", tmp_path / "audit", folds=2, train_settings=settings)
+    dataset = report.dataset
+    folds = label_audit.fold_indices(len(dataset), 2)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(dataset)))
+    for k, held_out in enumerate(folds):
+        fold = json.loads((tmp_path / "audit" / "folds" / f"fold_{k}" / "predictions.json").read_text())
+        assert fold and {r["image_id"] for r in fold} <= {int(dataset.samples[i].image_id) for i in held_out}
+    assert (tmp_path / "audit" / "report.html").is_file()
+
+    # A second run reuses every fold's predictions: no training.
+    monkeypatch.setattr("plaindet.engine.train.train", lambda *a, **k: pytest.fail("trained again"))
+    again = label_audit.run_audit(tiny_shapes, "valid", tmp_path / "audit", folds=2, train_settings=settings)
+    assert [i.score for i in again.issues] == [i.score for i in report.issues]
