@@ -1,7 +1,7 @@
 """Label audit vs cleanlab's ObjectLab on errors we inject ourselves (issue 15), then the payoff.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_audit.py [--train 600] [--folds 3] [--fold-minutes 5]
-        [--payoff-minutes 5] [--seed 0] [--out runs/bench_audit]
+    OMP_NUM_THREADS=1 python benchmarks/bench_audit.py [--train 400] [--folds 3] [--fold-minutes 8]
+        [--payoff-minutes 7] [--seed 0] [--out runs/bench_audit]
 
 1. Clean labels: the built-in shapes set (``--train`` training images, 100 ``valid``, 200 ``test``),
    whose labels are exactly right.
@@ -241,10 +241,10 @@ def payoff(data: Path, out: Path, minutes: float, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train", type=int, default=600)
+    parser.add_argument("--train", type=int, default=400)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--fold-minutes", type=float, default=5.0)
-    parser.add_argument("--payoff-minutes", type=float, default=5.0)
+    parser.add_argument("--fold-minutes", type=float, default=8.0)
+    parser.add_argument("--payoff-minutes", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_audit"))
     args = parser.parse_args()

@@ -176,6 +176,9 @@ def test_cli_report_is_self_contained_and_apply_round_trips(one_image, tmp_path)
         assert f"data-kind='{kind}'" in page
     rows = (tmp_path / "report" / "suggestions.csv").read_text().splitlines()
     assert len(rows) == 4
+    from PIL import Image
+
+    assert Image.open(tmp_path / "report" / "top16.jpg").size[0] > 320 * 2  # three cards side by side
 
     ids = tmp_path / "ids.txt"
     ids.write_text("1\n")

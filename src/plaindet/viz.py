@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from plaindet.data.images import read_image
 from plaindet.errors import ConfigError, DatasetError
 
-__all__ = ["DRAW_FORMATS", "PALETTE", "class_color", "draw", "drawing_suffix", "run_show", "save_drawing"]
+__all__ = ["DRAW_FORMATS", "PALETTE", "class_color", "contact_sheet", "draw", "drawing_suffix", "run_show", "save_drawing"]
 
 # 20 colors, far apart in hue and lightness, so neighbouring class indices look different.
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(
@@ -206,7 +206,7 @@ def save_drawing(image: Image.Image, path: str | Path) -> None:
         image.save(path)
 
 
-def _contact_sheet(tiles: list[tuple[str, Image.Image]]) -> Image.Image:
+def contact_sheet(tiles: list[tuple[str, Image.Image]]) -> Image.Image:
     """Thumbnails on a grid of ``_GRID_CELL`` squares, 4 per row, each captioned with its file stem."""
     cols = min(4, len(tiles))
     rows = math.ceil(len(tiles) / cols)
@@ -274,7 +274,7 @@ def run_show(path: str | Path, out: str | Path, n: int = 16, split: str = "train
 
     if not tiles:
         raise DatasetError(f"none of the {len(chosen)} chosen images of {path} could be read")
-    _contact_sheet(tiles).save(out / "grid.png")
+    contact_sheet(tiles).save(out / "grid.png")
     skipped = f", {failed} unreadable skipped" if failed else ""
     crowd_note = f" {crowd_regions} crowd regions are drawn dashed." if crowd_regions else ""
     print(

@@ -1,10 +1,12 @@
-"""The files of a label audit: ``report.html``, ``suggestions.json`` and ``suggestions.csv`` (:func:`write_report`).
+"""The files of a label audit: ``report.html``, ``suggestions.json``, ``suggestions.csv`` and
+``top16.jpg`` (:func:`write_report`).
 
 ``report.html`` is one self-contained page that opens with no network: no external script, style,
 font or image; every thumbnail is a JPEG data URI. Each card is one suggestion, lowest score (most
 likely wrong) first: the image with all its labels drawn thin, the audited label drawn solid and the
 suggested box dashed. Two menus filter the cards by issue type and by class, with a few lines of
-inline JavaScript. A table lists the lowest-scored images.
+inline JavaScript. A table lists the lowest-scored images. ``top16.jpg`` puts the cards of the 16
+lowest-scored suggestions on one picture, captioned with id, type and score.
 
 Every file is written atomically (:func:`plaindet.weights.atomic_write`), so an interrupted run never
 leaves a torn report.
@@ -34,8 +36,10 @@ _EXPLAIN = {
 
 
 def write_report(report: AuditReport, out: str | Path, *, max_cards: int = MAX_CARDS) -> list[Path]:
-    """Write ``report.html``, ``suggestions.json`` and ``suggestions.csv`` into the folder ``out``
-    (made if needed); returns the three paths. The HTML shows the ``max_cards`` lowest-scored issues."""
+    """Write ``suggestions.json``, ``suggestions.csv``, ``report.html`` and (when there is an issue)
+    ``top16.jpg`` into the folder ``out`` (made if needed); returns their paths in that order. The
+    HTML shows the ``max_cards`` lowest-scored issues."""
+    from plaindet.viz import contact_sheet
     from plaindet.weights import atomic_write
 
     out = Path(out)
@@ -48,6 +52,10 @@ def write_report(report: AuditReport, out: str | Path, *, max_cards: int = MAX_C
     paths = []
     for name, text in texts.items():
         paths.append(atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8")))
+    if report.issues:
+        tiles = [(f"#{i.id} {i.kind.replace('_', ' ')} {i.score:.2f}", thumbnail(report, i)) for i in report.issues[:16]]
+        sheet = contact_sheet(tiles)
+        paths.append(atomic_write(out / "top16.jpg", lambda tmp: sheet.save(tmp, format="JPEG", quality=85)))
     return paths
 
 

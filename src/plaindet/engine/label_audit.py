@@ -142,7 +142,7 @@ def run_audit(
     )
     for w in report.warnings:
         console.print(f"warning: {w}", style="yellow", **plain)
-    console.print(f"report written to {paths[-1]}; suggestions in {paths[0]} and {paths[1]}", **plain)
+    console.print(f"report written to {paths[2]}; suggestions in {paths[0]} and {paths[1]}", **plain)
     return report
 
 
