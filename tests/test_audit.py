@@ -211,3 +211,17 @@ def test_folds_train_with_the_engine_and_predict_every_image_out_of_sample(tiny_
     monkeypatch.setattr("plaindet.engine.train.train", lambda *a, **k: pytest.fail("trained again"))
     again = label_audit.run_audit(tiny_shapes, "valid", tmp_path / "audit", folds=2, train_settings=settings)
     assert [i.score for i in again.issues] == [i.score for i in report.issues]
+
+
+def test_weights_give_predictions_and_the_report_warns_they_are_in_sample(trained_run, tiny_shapes, tmp_path):
+    from typer.testing import CliRunner
+
+    from plaindet.cli import app
+
+    args = ["data", "audit", "--data", str(tiny_shapes), "--split", "valid", "--weights", str(trained_run / "best.safetensors"), "--device", "cpu", "--out", str(tmp_path / "r")]
+    got = CliRunner().invoke(app, args)
+    assert got.exit_code == 0, got.output
+    data = json.loads((tmp_path / "r" / "suggestions.json").read_text())
+    assert data["split"] == "valid" and len(data["images"]) == 8
+    assert any("in-sample" in w for w in data["warnings"])
+    assert "in-sample" in (tmp_path / "r" / "report.html").read_text()

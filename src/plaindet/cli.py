@@ -186,11 +186,11 @@ def data_audit(
         raise UserError("--data is required (or --apply SUGGESTIONS.json)")
     if min_score is not None or accept is not None:
         raise UserError("--min-score and --accept go with --apply")
-    train_settings = {**given_options({"model": model, "epochs": epochs, "time_limit": time_limit, "device": device}), **_parse_sets(set_)}
-    if folds:
-        train_settings.setdefault("batch_size", batch_size)
-    elif train_settings:
+    train_settings = {**given_options({"model": model, "epochs": epochs, "time_limit": time_limit}), **_parse_sets(set_)}
+    if not folds and train_settings:
         raise UserError("--model, --epochs, --time-limit and --set go with --folds")
+    if folds:
+        train_settings = {"batch_size": batch_size, **given_options({"device": device}), **train_settings}
     config = apply_overrides(AuditConfig(), given_options(options), where="audit")
     run_audit(
         data, split, out, weights=weights, predictions=predictions, folds=folds, train_settings=train_settings,
