@@ -150,6 +150,54 @@ def data_show(
     raise typer.Exit(run_show(path, out, n=n, split=split, seed=seed, format=format))
 
 
+def data_audit(
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset to audit (any supported format, or 'shapes')."),
+    out: Path = typer.Option(..., "--out", help="Report folder (report.html, suggestions.json, suggestions.csv); with --apply, the new dataset's folder."),
+    split: str = typer.Option("train", "--split", help="The split to audit."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Predictions from this trained model (in-sample if it trained on the split: the report warns)."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Predictions from this COCO results JSON, in the dataset's own ids."),
+    folds: int = typer.Option(0, "--folds", min=0, help="Out-of-sample predictions: train K models on K-1 folds each, predict the held-out fold."),
+    model: Optional[str] = typer.Option(None, "--model", help="With --folds: the registered model to train."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="With --folds: epochs per fold."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="With --folds: minutes per fold."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="With --folds: any TrainConfig field for the fold runs, repeatable."),
+    apply: Optional[Path] = typer.Option(None, "--apply", help="Write a corrected copy of the audited dataset from this suggestions.json into --out."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, max=1.0, help="With --apply: only the issues scored below this (the surest)."),
+    accept: Optional[Path] = typer.Option(None, "--accept", help="With --apply: only the issue ids in this file, one per line."),
+    copy: bool = typer.Option(False, "--copy", help="With --apply: copy the images instead of hard-linking them."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch when predicting (with --folds: training too, unless --set)."),
+    seed: int = typer.Option(0, "--seed", help="With --folds: which images go to which fold, and the runs' seed."),
+    **options: Any,
+) -> None:
+    """Find wrong labels (overlooked objects, spurious labels, wrong classes, badly located boxes,
+    duplicates), rank them and suggest fixes; or, with --apply, write the corrected copy
+    (plaindet.engine.label_audit.run_audit and run_apply)."""
+    from plaindet.config import apply_overrides
+    from plaindet.data.audit import AuditConfig
+    from plaindet.engine.label_audit import run_apply, run_audit
+
+    _show_progress()
+    if apply is not None:
+        if data is not None or weights is not None or predictions is not None or folds:
+            raise UserError("--apply takes the dataset from the suggestions file; drop --data, --weights, --predictions and --folds")
+        raise typer.Exit(run_apply(apply, out, min_score=min_score, accept=accept, copy=copy))
+    if data is None:
+        raise UserError("--data is required (or --apply SUGGESTIONS.json)")
+    if min_score is not None or accept is not None:
+        raise UserError("--min-score and --accept go with --apply")
+    train_settings = {**given_options({"model": model, "epochs": epochs, "time_limit": time_limit}), **_parse_sets(set_)}
+    if not folds and train_settings:
+        raise UserError("--model, --epochs, --time-limit and --set go with --folds")
+    if folds:
+        train_settings = {"batch_size": batch_size, **given_options({"device": device}), **train_settings}
+    config = apply_overrides(AuditConfig(), given_options(options), where="audit")
+    run_audit(
+        data, split, out, weights=weights, predictions=predictions, folds=folds, train_settings=train_settings,
+        config=config, device=device, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # train, distill
 
@@ -223,6 +271,15 @@ def _register_training_commands() -> None:
 
 
 _register_training_commands()
+
+
+def _register_audit_command() -> None:
+    from plaindet.data.audit import AuditConfig
+
+    data_app.command("audit")(_with_options(cli_parameters(AuditConfig), data_audit))
+
+
+_register_audit_command()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from plaindet.data.images import read_image
 from plaindet.errors import ConfigError, DatasetError
 
-__all__ = ["DRAW_FORMATS", "PALETTE", "class_color", "draw", "drawing_suffix", "run_show", "save_drawing"]
+__all__ = ["DRAW_FORMATS", "PALETTE", "class_color", "contact_sheet", "draw", "drawing_suffix", "run_show", "save_drawing"]
 
 # 20 colors, far apart in hue and lightness, so neighbouring class indices look different.
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(
@@ -106,6 +106,7 @@ def draw(
     class_names: Sequence[str] | None = None,
     *,
     crowd: np.ndarray | Sequence[bool] | None = None,
+    dashed: np.ndarray | Sequence[bool] | None = None,
     thickness: int | None = None,
     font_size: int | None = None,
 ) -> Image.Image:
@@ -120,6 +121,7 @@ def draw(
         scores: ``(N,)`` confidences, shown with two decimals; higher-scored boxes are drawn on top.
         class_names: names of the class indices; without them the index is shown.
         crowd: ``(N,)`` booleans; crowd regions get a dashed outline and "(crowd)" after their name.
+        dashed: ``(N,)`` booleans; these boxes get a dashed outline (e.g. suggested boxes beside labels).
         thickness: line width in pixels; default about 1/400 of the long side, at least 2.
         font_size: label font size in pixels; default 1/40 of the long side, at least 10.
 
@@ -133,8 +135,8 @@ def draw(
     boxes_np = _as_numpy(boxes)
     boxes_np = np.zeros((0, 4), np.float32) if boxes_np is None else boxes_np.astype(np.float32).reshape(-1, 4)
     n = len(boxes_np)
-    labels_np, scores_np, crowd_np = _as_numpy(labels), _as_numpy(scores), _as_numpy(crowd)
-    for name, values in (("labels", labels_np), ("scores", scores_np), ("crowd", crowd_np)):
+    labels_np, scores_np, crowd_np, dashed_np = _as_numpy(labels), _as_numpy(scores), _as_numpy(crowd), _as_numpy(dashed)
+    for name, values in (("labels", labels_np), ("scores", scores_np), ("crowd", crowd_np), ("dashed", dashed_np)):
         if values is not None and values.size != n:
             raise ValueError(f"draw: {n} boxes but {values.size} {name}")
 
@@ -155,7 +157,7 @@ def draw(
         x0, y0, x1, y1 = boxes_np[i]
         x0, y0 = int(np.clip(round(float(x0)), 0, width - 1)), int(np.clip(round(float(y0)), 0, height - 1))
         x1, y1 = int(np.clip(round(float(x1)) - 1, x0, width - 1)), int(np.clip(round(float(y1)) - 1, y0, height - 1))
-        if is_crowd:
+        if is_crowd or (dashed_np is not None and bool(dashed_np.reshape(-1)[i])):
             _dashed_rectangle(canvas, (x0, y0, x1, y1), color, thickness)
         else:
             canvas.rectangle((x0, y0, x1, y1), outline=color, width=thickness)
@@ -204,7 +206,7 @@ def save_drawing(image: Image.Image, path: str | Path) -> None:
         image.save(path)
 
 
-def _contact_sheet(tiles: list[tuple[str, Image.Image]]) -> Image.Image:
+def contact_sheet(tiles: list[tuple[str, Image.Image]]) -> Image.Image:
     """Thumbnails on a grid of ``_GRID_CELL`` squares, 4 per row, each captioned with its file stem."""
     cols = min(4, len(tiles))
     rows = math.ceil(len(tiles) / cols)
@@ -272,7 +274,7 @@ def run_show(path: str | Path, out: str | Path, n: int = 16, split: str = "train
 
     if not tiles:
         raise DatasetError(f"none of the {len(chosen)} chosen images of {path} could be read")
-    _contact_sheet(tiles).save(out / "grid.png")
+    contact_sheet(tiles).save(out / "grid.png")
     skipped = f", {failed} unreadable skipped" if failed else ""
     crowd_note = f" {crowd_regions} crowd regions are drawn dashed." if crowd_regions else ""
     print(

@@ -83,14 +83,20 @@ def convert_dataset(src: str | Path, to: str, out: str | Path, *, copy: bool = F
         DatasetError: ``to`` is unknown, ``out`` exists and is not empty, a split cannot be read, or
             (to YOLO) a split has no ``train``/``val``/``test`` equivalent.
     """
+    return write_datasets([load_dataset(src, name) for name in list_splits(src)], to, out, copy=copy)
+
+
+def write_datasets(datasets: list[DetectionDataset], to: str, out: str | Path, *, copy: bool = False) -> ConvertResult:
+    """Write ``datasets`` (the splits of one dataset, each named by its ``split``) in format ``to`` in
+    ``out``, as :func:`convert_dataset` does (which reads them from disk); for splits built or
+    corrected in Python (``plaindet data audit --apply``). Raises as :func:`convert_dataset` does."""
     to = to.lower()
     if to not in TARGETS:
         raise DatasetError(f"unknown target format {to!r}; choose one of: {', '.join(TARGETS)}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"{out}: already exists and is not empty; choose a new folder (nothing was written)")
-    splits = list_splits(src)
-    names = _target_names(splits, to)
+    names = _target_names([d.split for d in datasets], to)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -98,10 +104,7 @@ def convert_dataset(src: str | Path, to: str, out: str | Path, *, copy: bool = F
     staging.mkdir()
     result = ConvertResult(out, to)
     try:
-        datasets = []
-        for source_name, name in zip(splits, names):
-            dataset = load_dataset(src, source_name)
-            datasets.append(dataset)
+        for dataset, name in zip(datasets, names):
             file_names = _unique_names(dataset)
             linked = _place_images(dataset, file_names, staging / "images" / name, copy=copy)
             result.linked += linked

@@ -33,7 +33,6 @@ import contextlib
 import io
 import json
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from plaindet.data.coco import coco_dict
+from plaindet.data.results import coco_results, read_predictions
 from plaindet.errors import UserError
 
 if TYPE_CHECKING:
@@ -173,78 +173,6 @@ def _defined(value: float) -> float | None:
 
 # --------------------------------------------------------------------------------------------------
 # Predictions
-
-
-# The exact-type checks first are a fast path: JSON gives plain int/float, and the ABC isinstance
-# checks that accept numpy scalars cost about a microsecond each, a third of the time on 100k results.
-def _number(value: object) -> bool:
-    kind = type(value)
-    return kind is float or kind is int or (isinstance(value, numbers.Real) and kind is not bool)
-
-
-def _integer(value: object) -> bool:
-    kind = type(value)
-    return kind is int or (isinstance(value, numbers.Integral) and kind is not bool)
-
-
-def coco_results(predictions: Sequence[Mapping], image_ids: set[int], category_ids: set[int]) -> list[dict]:
-    """Validate COCO results and return them as result annotations for ``COCO()``.
-
-    Each output dict is a new one (the caller's dicts are not modified, unlike ``COCO.loadRes``):
-    ``id`` (1-based position), ``image_id``, ``category_id``, ``bbox`` ``[x, y, w, h]`` floats,
-    ``area = w * h`` (exactly what ``loadRes`` computes; it decides the area range of a detection),
-    ``score`` and ``iscrowd = 0``.
-
-    Raises:
-        ValueError: naming the first bad entry by position and what is wrong with it: not a dict, a
-            missing key, an image or category id the dataset does not have, a bbox that is not four
-            finite numbers, a negative width or height, a non-finite score.
-    """
-    if isinstance(predictions, (str, bytes, Mapping)) or not isinstance(predictions, Sequence):
-        raise ValueError(f"predictions must be a list of result dicts, got {type(predictions).__name__}")
-    results: list[dict] = []
-    for i, pred in enumerate(predictions):
-        where = f"prediction {i}"
-        if type(pred) is not dict and not isinstance(pred, Mapping):
-            raise ValueError(f"{where}: expected a dict with image_id, category_id, bbox, score; got {pred!r:.80}")
-        missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in pred]
-        if missing:
-            raise ValueError(f"{where}: missing {', '.join(missing)} in {dict(pred)!r:.120}")
-        image_id, category_id, bbox, score = pred["image_id"], pred["category_id"], pred["bbox"], pred["score"]
-        if not _integer(image_id) or int(image_id) not in image_ids:
-            raise ValueError(f"{where}: image_id {image_id!r} is not an image id of the dataset")
-        if not _integer(category_id) or int(category_id) not in category_ids:
-            raise ValueError(
-                f"{where}: category_id {category_id!r} is not a category id of the dataset "
-                f"(valid: {sorted(category_ids)!r:.120})"
-            )
-        if isinstance(bbox, np.ndarray) and bbox.ndim == 1:
-            bbox = bbox.tolist()
-        if type(bbox) not in (list, tuple) and (isinstance(bbox, (str, bytes)) or not isinstance(bbox, Sequence)):
-            raise ValueError(f"{where}: bbox must be [x, y, w, h] (4 numbers), got {bbox!r:.80}")
-        if len(bbox) != 4:
-            raise ValueError(f"{where}: bbox must be [x, y, w, h] (4 numbers), got {bbox!r:.80}")
-        if not all(map(_number, bbox)):
-            raise ValueError(f"{where}: bbox must be 4 finite numbers, got {bbox!r:.80}")
-        x, y, w, h = map(float, bbox)
-        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(w) and math.isfinite(h)):
-            raise ValueError(f"{where}: bbox must be 4 finite numbers, got {bbox!r:.80}")
-        if w < 0 or h < 0:
-            raise ValueError(f"{where}: bbox width and height must be >= 0, got {bbox!r:.80} ([x, y, w, h], not xyxy?)")
-        if not _number(score) or not math.isfinite(score):
-            raise ValueError(f"{where}: score must be a finite number, got {score!r:.40}")
-        results.append(
-            {
-                "id": i + 1,
-                "image_id": int(image_id),
-                "category_id": int(category_id),
-                "bbox": [x, y, w, h],
-                "area": w * h,
-                "score": float(score),
-                "iscrowd": 0,
-            }
-        )
-    return results
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,27 +365,34 @@ def plot_pr_curves(metrics: CocoMetrics, out_dir: str | Path, *, classes_per_pag
 # The entry point: a dataset, and weights to run or predictions to score
 
 
-def read_predictions(path: str | Path) -> list:
-    """Read a COCO results JSON file: a list of ``{image_id, category_id, bbox, score}`` dicts.
+def predict_with_weights(
+    weights: str | Path, dataset: Any, *, image_size: int | None = None, batch_size: int = 8, device: str | None = None
+) -> tuple[list[dict], list[str]]:
+    """Load the model file ``weights`` (anything :func:`plaindet.load` reads; ``device`` default: cuda
+    if available, cpu for ``.onnx``) and run it on every image of ``dataset`` with
+    :func:`predict_dataset`. Returns the COCO results and warnings for the user (class names that
+    differ from the dataset's: classes are matched by index).
 
-    Raises:
-        UserError: naming the file: missing, not valid JSON (with line and column), or not a list.
+    Raises :class:`~plaindet.errors.UserError` when the model's class count differs from the dataset's.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read predictions: {err.strerror or err}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
-    if isinstance(data, dict):
-        hint = " (this looks like a ground-truth file)" if "annotations" in data else ""
-        raise UserError(f"{path}: expected a JSON list of COCO results, got an object{hint}")
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of COCO results, got {type(data).__name__}")
-    return data
+    import plaindet
+    from plaindet.detections import predict_dataset
+
+    if device is None and Path(weights).suffix.lower() != ".onnx":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = plaindet.load(weights, device=device or "cpu")
+    names = list(predictor.class_names)
+    if len(names) != dataset.num_classes:
+        raise UserError(
+            f"{weights} has {len(names)} classes ({', '.join(names)}) but {dataset.root} has "
+            f"{dataset.num_classes} ({', '.join(dataset.class_names)})"
+        )
+    warnings = []
+    if names != list(dataset.class_names):
+        warnings.append(f"the model's class names {names} differ from the dataset's {dataset.class_names}; classes are matched by index")
+    return predict_dataset(predictor, dataset, image_size=image_size, batch_size=batch_size), warnings
 
 
 @dataclass
@@ -502,23 +437,7 @@ def evaluate(
     dataset = load_dataset(data, split=split)
     warnings: list[str] = []
     if weights is not None:
-        import plaindet
-        from plaindet.detections import predict_dataset
-
-        if device is None and Path(weights).suffix.lower() != ".onnx":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        predictor = plaindet.load(weights, device=device or "cpu")
-        names = list(predictor.class_names)
-        if len(names) != dataset.num_classes:
-            raise UserError(
-                f"{weights} has {len(names)} classes ({', '.join(names)}) but {data} has "
-                f"{dataset.num_classes} ({', '.join(dataset.class_names)})"
-            )
-        if names != list(dataset.class_names):
-            warnings.append(f"the model's class names {names} differ from the dataset's {dataset.class_names}; classes are matched by index")
-        results = predict_dataset(predictor, dataset, image_size=image_size, batch_size=batch_size)
+        results, warnings = predict_with_weights(weights, dataset, image_size=image_size, batch_size=batch_size, device=device)
         where = str(weights)
     else:
         results = read_predictions(predictions) if isinstance(predictions, (str, Path)) else list(predictions)
