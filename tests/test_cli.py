@@ -49,7 +49,7 @@ def test_help_lists_the_commands():
         assert re.search(rf"^\W*{command}\s", result.output, re.MULTILINE), command
 
 
-HELP_COMMANDS = [["train"], ["distill"], ["predict"], ["eval"], ["export"], ["benchmark"], ["demo"], ["data", "check"], ["data", "convert"], ["data", "show"]]
+HELP_COMMANDS = [["train"], ["distill"], ["predict"], ["eval"], ["export"], ["benchmark"], ["demo"], ["data", "check"], ["data", "convert"], ["data", "show"], ["data", "audit"]]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)

@@ -413,6 +413,7 @@ USER_ERRORS = {
     "data check": (["data", "check", "{tmp}/nowhere"], "error: {tmp}/nowhere: no such file or folder"),
     "data convert": (["data", "convert", "{tmp}/nowhere", "--to", "yolo", "{tmp}/y"], "error: {tmp}/nowhere: no such file or folder"),
     "data show": (["data", "show", "{tmp}/nowhere", "--out", "{tmp}/s"], "error: {tmp}/nowhere: no such file or folder"),
+    "data audit": (["data", "audit", "--data", "{tmp}/nowhere", "--predictions", "{tmp}/p.json", "--out", "{tmp}/r"], "error: {tmp}/nowhere: no such file or folder"),
     "serve": (["serve", "--weights", "{tmp}/none.safetensors"], "error: --weights '{tmp}/none.safetensors': {tmp}/none.safetensors does not exist"),
 }
 NO_USER_INPUT = {"models"}  # takes no argument that could be wrong
