@@ -182,8 +182,8 @@ class ResNet(nn.Module):
                 stride = 2 if (j == 0 and i > 0 and not dilated) else 1
                 # Dilated: the convolution that was strided keeps dilation 1, every later 3x3 one reads
                 # the twice-as-fine map with dilation 2, so the same weights see the same neighbours.
-                dilation = (2, 1 if j == 0 else 2) if dilated else (1, 1)
-                stage.append(block(in_channels, width, stride, norm, dilation=dilation[0], first_dilation=dilation[1]))
+                first = 1 if dilated and j == 0 else None
+                stage.append(block(in_channels, width, stride, norm, dilation=2 if dilated else 1, first_dilation=first))
                 in_channels = width * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
             self.channels.append(in_channels)
