@@ -10,8 +10,12 @@ hexagon, diamond); its backbone is the pretrained backbone below (with ``--backb
 CLIP weights on a machine that has them, that file instead: recipes 3 and 5 then adapt a random
 neck, and recipe 6 is skipped, as there is no source detector).
 
-Target: the default shapes classes (circle, square, triangle), the first N training images for each
-N in ``--sizes``, evaluated on the 200 test images. Every recipe trains ``--steps`` steps (batch 8,
+Target (``--target shapes``): the default shapes classes (circle, square, triangle), the first N
+training images for each N in ``--sizes``, evaluated on the 200 test images. ``--target coco128``
+(real photos, 80 classes, from ``--coco128``): its 128 images split in order into 64 train, 32
+validation and 32 test images (a COCO copy with links to the images, in ``--out``); a shapes source
+transfers little to photos, which is what those rows measure. ``--target PATH``: any dataset with
+train, valid and test splits. Every recipe trains ``--steps`` steps (batch 8, bf16 autocast as the engine does by default,
 ``--image-size`` px, constant rate after warmup, EMA), at the learning rate the engine uses by
 default:
 
@@ -24,7 +28,7 @@ default:
 6. ``full``: the whole source detector trained, backbone included (the reference the founding
    note rules out).
 
-Prints, per recipe and size: test AP and AP50, trainable parameters, the size of ``last.safetensors``
+Prints, per recipe and size: AP on the 50 validation images (the split a default is chosen on), test AP and AP50, trainable parameters, the size of ``last.safetensors``
 (what a finetune stores; the frozen backbone lives once beside it), s/step and the peak resident
 memory of the process so far.
 """
@@ -68,6 +72,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--recipes", nargs="+", default=["all"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--target", default="shapes", help="shapes, coco128, or a dataset with train/valid/test splits")
+    parser.add_argument("--coco128", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/coco128/object_detection/config.yaml")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_finetune"))
     args = parser.parse_args()
     recipes = RECIPES if args.recipes == ["all"] else tuple(args.recipes)
@@ -83,7 +89,7 @@ def main() -> None:
     from plaindet.models.factory import load_model
 
     torch.set_num_threads(args.threads)
-    common = dict(model=args.model, image_size=args.image_size, batch_size=8, warmup_steps=20, min_lr_ratio=1.0, eval_every=0, amp="off")
+    common = dict(model=args.model, image_size=args.image_size, batch_size=8, warmup_steps=20, min_lr_ratio=1.0, eval_every=0)
 
     source_detector = None
     backbone = args.backbone_weights
@@ -97,12 +103,18 @@ def main() -> None:
                               out=str(src_out), epochs=1000, max_steps=args.source_steps, **common))  # fmt: skip
         source_detector = backbone = str(src_out / "last.safetensors")
 
-    target = builtin_shapes(train=max(args.sizes), val=50, test=200, folder=args.out / "shapes-target")
-    test = load_dataset(target, split="test")
+    if args.target == "shapes":
+        target = builtin_shapes(train=max(args.sizes), val=50, test=200, folder=args.out / "shapes-target")
+    elif args.target == "coco128":
+        target = _split_coco128(args.coco128, args.out / "coco128-split")
+    else:
+        target = Path(args.target)
+    tag = "" if args.target == "shapes" else f"{target.name}-"
+    valid, test = load_dataset(target, split="valid"), load_dataset(target, split="test")
     rows = []
     for n in args.sizes:
         for recipe in recipes:
-            out = args.out / f"{args.model}-{recipe}-{n}"
+            out = args.out / f"{args.model}-{tag}{recipe}-{n}"
             if recipe == "full" and source_detector is None:
                 print("full: needs a source detector (not --backbone-weights); skipped", flush=True)
                 continue
@@ -112,19 +124,34 @@ def main() -> None:
             seconds = time.time() - start
             model = load_model(out / "last.safetensors")
             stats = evaluate_coco(test, predict_dataset(model, test, image_size=args.image_size)).stats
+            valid_ap = evaluate_coco(valid, predict_dataset(model, valid, image_size=args.image_size)).stats["AP"]
             rows.append(
                 {
-                    "recipe": recipe, "images": n, "AP": stats["AP"], "AP50": stats["AP50"], "trainable": _trainable(out),
+                    "recipe": recipe, "images": min(n, len(load_dataset(target, split="train"))), "valid_AP": valid_ap, "AP": stats["AP"], "AP50": stats["AP50"], "trainable": _trainable(out),
                     "ckpt_MB": (out / "last.safetensors").stat().st_size / 1e6, "s_step": seconds / args.steps,
                     "peak_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 }
             )  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{args.model}, {args.steps} steps per row, batch 8, {args.image_size} px; source: {args.backbone_weights or f'shapes {SOURCE_CLASSES}, {args.source_steps} steps'}")
-    print("| recipe | images | AP | AP50 | trainable | last.safetensors | s/step | peak RSS |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n{args.model} on {args.target}, {args.steps} steps per row, batch 8, {args.image_size} px; source: {args.backbone_weights or f'shapes {SOURCE_CLASSES}, {args.source_steps} steps'}")
+    print("| recipe | images | valid AP | test AP | test AP50 | trainable | last.safetensors | s/step | peak RSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['recipe']} | {r['images']} | {r['AP']:.3f} | {r['AP50']:.3f} | {r['trainable'] / 1e6:.2f}M | {r['ckpt_MB']:.1f} MB | {r['s_step']:.2f} | {r['peak_MB']:.0f} MB |")
+        print(f"| {r['recipe']} | {r['images']} | {r['valid_AP']:.3f} | {r['AP']:.3f} | {r['AP50']:.3f} | {r['trainable'] / 1e6:.2f}M | {r['ckpt_MB']:.1f} MB | {r['s_step']:.2f} | {r['peak_MB']:.0f} MB |")
+
+
+def _split_coco128(config: Path, folder: Path) -> Path:
+    """coco128's 128 images in order as 64 train, 32 valid and 32 test images, a COCO copy linking them."""
+    from plaindet.data import DetectionDataset, load_dataset
+    from plaindet.data.convert import write_datasets
+
+    if not folder.is_dir():
+        data = load_dataset(config, split="train")
+        if len(data.samples) != 128:
+            raise SystemExit(f"{config}: expected coco128's 128 train images, found {len(data.samples)}")
+        parts = {"train": data.samples[:64], "valid": data.samples[64:96], "test": data.samples[96:]}
+        write_datasets([DetectionDataset(v, data.class_names, data.category_ids, root=data.root, split=k, format=data.format) for k, v in parts.items()], "coco", folder)
+    return folder
 
 
 def _trainable(out: Path) -> int:
