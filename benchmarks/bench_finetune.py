@@ -21,6 +21,9 @@ default:
 
 1. ``random``: from random weights (the default without weights; the backbone trains at its 0.1 rate);
 2. ``frozen``: the pretrained backbone frozen, a new neck and head trained;
+   ``frozen-init``: the same from the source detector's neck and head (its class layer new): what
+   recipes 3 and 5 start from, so 2 against 3 is LoRA against plain training, not a new neck
+   against a pretrained one (with ``--backbone-weights`` it is recipe 2);
 3. ``lora-neck``: the backbone frozen, the source detector's neck frozen with LoRA on it (rank 8),
    the head trained (its class layer new);
 4. ``lora-backbone``: LoRA on the frozen backbone, a new neck and head trained;
@@ -41,7 +44,7 @@ import resource
 import time
 from pathlib import Path
 
-RECIPES = ("random", "frozen", "lora-neck", "lora-backbone", "lora-both", "full")
+RECIPES = ("random", "frozen", "frozen-init", "lora-neck", "lora-backbone", "lora-both", "full")
 SOURCE_CLASSES = "star,cross,ring,hexagon,diamond"
 
 
@@ -51,6 +54,7 @@ def recipe_settings(recipe: str, backbone: str | None, source_detector: str | No
     return {
         "random": {},
         "frozen": {"backbone_weights": backbone},
+        "frozen-init": {"backbone_weights": backbone, **neck_from},
         "lora-neck": {"backbone_weights": backbone, **neck_from, "lora_rank": rank, "lora_targets": "neck"},
         "lora-backbone": {"backbone_weights": backbone, "lora_rank": rank, "lora_targets": "backbone"},
         "lora-both": {"backbone_weights": backbone, **neck_from, "lora_rank": rank, "lora_targets": "both"},
@@ -115,8 +119,8 @@ def main() -> None:
     for n in args.sizes:
         for recipe in recipes:
             out = args.out / f"{args.model}-{tag}{recipe}-{n}"
-            if recipe == "full" and source_detector is None:
-                print("full: needs a source detector (not --backbone-weights); skipped", flush=True)
+            if recipe in ("full", "frozen-init") and source_detector is None:
+                print(f"{recipe}: needs a source detector (not --backbone-weights); skipped", flush=True)
                 continue
             settings = recipe_settings(recipe, backbone, source_detector, args.rank)
             start = time.time()
