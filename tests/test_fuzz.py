@@ -145,6 +145,65 @@ def test_coco_json_loads_or_names_the_file(base, document, edit, check):
     _check_outcome(lambda: load_dataset(file, check_images=check), base)
 
 
+
+coordinate = st.one_of(st.integers(-20, 90), st.floats(-20, 90), st.sampled_from([0, 64, 48, 1e-9, 63.99999, 64.00001, -1e-6]))
+extent = st.one_of(st.integers(1, 40), st.floats(0.5, 40), coordinate)
+plain_annotation = st.fixed_dictionaries(
+    {
+        "image_id": st.one_of(st.integers(0, 2), st.integers(0, 2), st.integers(-1, 5)),
+        "category_id": st.one_of(st.integers(1, 3), st.integers(0, 4)),
+        "bbox": st.tuples(coordinate, coordinate, extent, extent).map(list),
+    },
+    optional={"area": st.one_of(st.integers(0, 500), st.floats(0, 500)), "iscrowd": st.sampled_from([0, 1, True, False])},
+)
+plain_image = st.fixed_dictionaries(
+    {"file_name": st.sampled_from(["a.jpg", "b.png", "b.png", "a.jpg", "missing.jpg"]), "width": st.sampled_from([64, 64, 64, 64, 0]), "height": st.sampled_from([48, 48, 48, -3])}
+)
+
+
+@settings(BUDGET, max_examples=150)
+@given(
+    images=st.lists(plain_image, max_size=5),
+    annotations=st.lists(plain_annotation, max_size=12),
+    numbered=st.booleans(),
+    odd_one=st.sampled_from([None, None, None, {"image_id": "1"}, {"bbox": [1, 2, 3]}, {"area": -1.0}, {"iscrowd": 2}, {"id": 0}]),
+)
+def test_coco_columnar_reading_equals_the_entry_by_entry_one(base, images, annotations, numbered, odd_one):
+    """Plainly typed annotations are checked as arrays (fast); the result, report included and in
+    order, must be what checking them one by one gives: samples, boxes, labels, crowds, areas, dtypes."""
+    import plaindet.data.coco as coco
+
+    for k, image in enumerate(images):
+        image["id"] = k
+    for k, annotation in enumerate(annotations):
+        if numbered:
+            annotation["id"] = k
+    if odd_one is not None and annotations:
+        annotations[0].update(odd_one)  # not plainly typed (or a repeated id): the entry-by-entry path
+    folder = _example_dir(base)
+    (folder / "images").symlink_to(base / "images")
+    file = folder / "instances_train.json"
+    categories = [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]
+    file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+    fast = coco.load_coco(file, check_images=False)
+    columnar = coco._columnar_samples
+    coco._columnar_samples = lambda *args: None
+    try:
+        slow = coco.load_coco(file, check_images=False)
+    finally:
+        coco._columnar_samples = columnar
+    assert [str(p) for p in fast.report.problems] == [str(p) for p in slow.report.problems]
+    assert len(fast.samples) == len(slow.samples)
+    for a, b in zip(fast.samples, slow.samples):
+        assert (a.image_path, a.image_id, a.width, a.height) == (b.image_path, b.image_id, b.width, b.height)
+        for name in ("boxes", "labels", "iscrowd"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert x.dtype == y.dtype and np.array_equal(x, y), name
+        assert (a.areas is None) == (b.areas is None)
+        if a.areas is not None:
+            assert a.areas.dtype == b.areas.dtype and np.array_equal(a.areas, b.areas)
+
 # --- YOLO txt ------------------------------------------------------------------------------------
 
 yolo_field = st.one_of(

@@ -35,15 +35,19 @@ dataset is ambiguous or unreadable). Everything local to one image or annotation
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 from collections import Counter
+from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
 from plaindet.data.images import ImageReadError, image_size
-from plaindet.data.rules import BoxBuilder, image_problem, is_file, is_number, match_split, split_order
-from plaindet.data.sample import DetectionDataset, LoadReport
+from plaindet.data.rules import CLIP_TOLERANCE, BoxBuilder, image_problem, is_file, is_number, match_split, split_order
+from plaindet.data.sample import DetectionDataset, LoadReport, Sample
 from plaindet.errors import DatasetError
 
 # Generous: COCO's own instances_train2017.json is 450 MB. Larger files are usually not annotations.
@@ -97,9 +101,11 @@ def read_coco_json(file: str | Path) -> dict:
             f"{file}: {size / 2**30:.1f} GiB is larger than the {MAX_JSON_BYTES / 2**30:.0f} GiB limit for "
             "an annotation file; is this really a COCO annotation file?"
         )
+    data = _fast_json(file)
     try:
-        with open(file, encoding="utf-8-sig") as f:  # tolerate a byte-order mark
-            data = json.load(f)
+        if data is None:
+            with open(file, encoding="utf-8-sig") as f:  # tolerate a byte-order mark
+                data = json.load(f)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{file}: line {e.lineno}, column {e.colno}: not valid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
@@ -116,6 +122,22 @@ def read_coco_json(file: str | Path) -> dict:
         if not isinstance(data[key], list):
             raise DatasetError(f"{file}: {key!r} must be a list, not {type(data[key]).__name__}")
     return data
+
+
+def _fast_json(file: Path) -> object | None:
+    """The file parsed by orjson (1.7x json's speed on COCO files), or ``None`` when orjson is not
+    installed or refuses the file: NaN or Infinity, a byte-order mark, a lone surrogate, nesting
+    past 1,024 levels and syntax errors are then parsed (or refused, with the line and column) by
+    the standard library as before. Integers past 64 bits come back as floats, which the checks of
+    ids and boxes report as they report any float id."""
+    try:
+        import orjson
+    except ImportError:
+        return None
+    try:
+        return orjson.loads(file.read_bytes())
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _categories(data: dict, file: Path) -> tuple[list[int], list[str]]:
@@ -166,15 +188,35 @@ def load_coco(path: str | Path, split: str = "train", *, check_images: bool = Tr
     else:
         split = match_split(split, list(files), path)
         file = files[split]
+    with _collector_paused():
+        return _load_coco_file(file, split, check_images)
+
+
+@contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector paused while a file's millions of objects are made (JSON
+    values, then arrays): none is in a cycle, and the collector's passes over them cost more than
+    building them (a 120k-image file: 8.1 s instead of 13.8 s)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_coco_file(file: Path, split: str, check_images: bool) -> DetectionDataset:
     data = read_coco_json(file)
     report = LoadReport()
     category_ids, class_names = _categories(data, file)
     class_of = {cid: k for k, cid in enumerate(category_ids)}
 
     builders, paths = _read_images(data, file, split, report, check_images)
-    _read_annotations(data, file, builders, class_of, report)
-
-    samples = [b.sample(paths[image_id], image_id) for image_id, b in builders.items() if b is not None]
+    samples = _columnar_samples(data, file, builders, paths, class_of, report)
+    if samples is None:  # some entry is not plainly typed: check them one by one
+        _read_annotations(data, file, builders, class_of, report)
+        samples = [b.sample(paths[image_id], image_id) for image_id, b in builders.items() if b is not None]
     return DetectionDataset(
         samples, class_names, category_ids, root=file, split=split, report=report, format="coco"
     )
@@ -188,6 +230,7 @@ def _read_images(
     paths: dict[int, Path] = {}
     names: dict[int, str] = {}
     roots = _image_roots(file, split)
+    listings: dict[Path, set[str]] = {}
     for i, img in enumerate(data["images"]):
         where = f"images[{i}]"
         if not isinstance(img, dict) or not isinstance(img.get("id"), int) or isinstance(img.get("id"), bool):
@@ -205,7 +248,7 @@ def _read_images(
         if not isinstance(file_name, str) or not file_name:
             report.add("error", "malformed_image_entry", file, where, f"needs a 'file_name'; got {file_name!r}")
             continue
-        image_path = _find_image(file_name, roots)
+        image_path = _find_image(file_name, roots, listings)
         if image_path is None:
             tried = ", ".join(str(r) for r in roots)
             report.add("error", "missing_image", file, where, f"image file {file_name!r} not found (looked in {tried})")
@@ -218,8 +261,20 @@ def _read_images(
     return builders, paths
 
 
-def _find_image(file_name: str, roots: list[Path]) -> Path | None:
-    candidate = Path(file_name.replace("\\", "/"))  # exports made on Windows may use backslashes
+def _find_image(file_name: str, roots: list[Path], listings: dict[Path, set[str]] | None = None) -> Path | None:
+    """The image file ``file_name`` names, looked for in ``roots``; a plain name (no folder part) is
+    looked up in ``listings``, each root's regular files listed once (a listing per root, filled as
+    roots are tried), instead of one ``stat`` per image."""
+    name = file_name.replace("\\", "/")  # exports made on Windows may use backslashes
+    if listings is not None and "/" not in name and name not in (".", ".."):
+        for i, root in enumerate(roots):
+            if root not in listings:
+                listings[root] = _regular_files(root)
+            if name in listings[root]:
+                roots.insert(0, roots.pop(i))
+                return root / name
+        return None
+    candidate = Path(name)
     if candidate.is_absolute():
         return candidate if is_file(candidate) else None
     for i, root in enumerate(roots):
@@ -228,6 +283,22 @@ def _find_image(file_name: str, roots: list[Path]) -> Path | None:
             roots.insert(0, roots.pop(i))
             return root / candidate
     return None
+
+
+def _regular_files(folder: Path) -> set[str]:
+    """Names of the regular files in ``folder`` (following links), empty when it cannot be listed."""
+    names = set()
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file():
+                        names.add(entry.name)
+                except OSError:
+                    pass
+    except (OSError, ValueError):
+        pass
+    return names
 
 
 def _image_size(
@@ -253,55 +324,146 @@ def _image_size(
     return actual
 
 
+def _columnar_samples(
+    data: dict, file: Path, builders: dict[int, BoxBuilder | None], paths: dict[int, Path], class_of: dict[int, int], report: LoadReport
+) -> list[Sample] | None:
+    """The samples of a file whose annotations are all plainly typed, checked as arrays; ``None``
+    when some entry is not (then :func:`_read_annotations` checks them one by one).
+
+    Plainly typed: every annotation a dict with integer ``image_id`` and ``category_id``, a ``bbox``
+    list of 4 finite ints or floats, ``area`` absent or a finite number >= 0, ``iscrowd`` absent, 0
+    or 1, and no annotation id used twice. The result, reports included and in the same order, is
+    what :func:`_read_annotations` gives (a test holds the two paths equal): the box rules run on all
+    boxes at once, and the few annotations that need a report (unknown image or class, a box clipped
+    or dropped) go through the one-by-one checks, in file order, for their messages.
+    """
+    anns = data["annotations"]
+    if not set(map(type, anns)) <= {dict}:
+        return None
+    try:
+        image_ids = [a["image_id"] for a in anns]
+        category_ids = [a["category_id"] for a in anns]
+        bboxes = [a["bbox"] for a in anns]
+    except KeyError:
+        return None
+    areas = [a.get("area") for a in anns]
+    crowds = [a.get("iscrowd", 0) for a in anns]
+    ann_ids = [i for i in (a.get("id") for a in anns) if isinstance(i, (int, str))]
+    plain = (
+        set(map(type, image_ids)) <= {int} and set(map(type, category_ids)) <= {int}
+        and set(map(type, bboxes)) <= {list} and set(map(len, bboxes)) <= {4}
+        and set(map(type, chain.from_iterable(bboxes))) <= {int, float}
+        and set(map(type, areas)) <= {int, float, type(None)}
+        and set(map(type, crowds)) <= {int, bool} and set(crowds) <= {0, 1}
+        and len(set(ann_ids)) == len(ann_ids)
+    )  # fmt: skip
+    if not plain:
+        return None
+    given = np.array([a is not None for a in areas], dtype=bool)
+    try:
+        xywh = np.array(bboxes, dtype=np.float64).reshape(-1, 4)
+        area = np.array([np.nan if a is None else a for a in areas], dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        return None
+    if not (np.isfinite(xywh).all() and np.isfinite(area[given]).all() and (area[given] >= 0).all()):
+        return None
+
+    order_of = {image_id: k for k, image_id in enumerate(builders)}
+    kept_images = [(image_id, b) for image_id, b in builders.items()]
+    image = np.array([order_of.get(i, -1) for i in image_ids], dtype=np.int64)
+    label = np.array([class_of.get(c, -1) for c in category_ids], dtype=np.int64)
+    skipped = np.array([b is None for _, b in kept_images] + [True], dtype=bool)  # [-1]: unknown image
+    width = np.array([b.width if b is not None else 0 for _, b in kept_images] + [0], dtype=np.float64)[image]
+    height = np.array([b.height if b is not None else 0 for _, b in kept_images] + [0], dtype=np.float64)[image]
+
+    x1, y1 = xywh[:, 0], xywh[:, 1]
+    x2, y2 = x1 + xywh[:, 2], y1 + xywh[:, 3]
+    clipped = np.stack(
+        [np.minimum(np.maximum(x1, 0.0), width), np.minimum(np.maximum(y1, 0.0), height),
+         np.minimum(np.maximum(x2, 0.0), width), np.minimum(np.maximum(y2, 0.0), height)], axis=1,
+    ).astype(np.float32)  # fmt: skip
+    degenerate = (x2 <= x1) | (y2 <= y1) | ~(clipped[:, 2] > clipped[:, 0]) | ~(clipped[:, 3] > clipped[:, 1])
+    overhang = np.max(np.stack([-x1, -y1, x2 - width, y2 - height]), axis=0) > CLIP_TOLERANCE
+    live = (image >= 0) & (label >= 0) & ~skipped[image]
+    reported = (image < 0) | ((image >= 0) & (label < 0)) | (live & (degenerate | overhang))
+    for i in np.flatnonzero(reported).tolist():
+        _check_annotation(i, anns[i], file, builders, class_of, report, Counter())
+
+    rows = np.flatnonzero(live & ~degenerate)
+    rows = rows[np.argsort(image[rows], kind="stable")]
+    boxes, labels, crowd = clipped[rows], label[rows], np.array(crowds, dtype=bool).reshape(-1)[rows]
+    box_area = (boxes[:, 2] - boxes[:, 0]).astype(np.float64) * (boxes[:, 3] - boxes[:, 1])
+    filled = np.where(given[rows], area[rows], box_area)
+    counts = np.bincount(image[rows], minlength=len(kept_images))
+    has_area = np.bincount(image[rows], weights=given[rows], minlength=len(kept_images)) > 0
+    ends = np.cumsum(counts).tolist()
+    samples = []
+    for k, (image_id, builder) in enumerate(kept_images):
+        if builder is None:
+            continue
+        s, e = ends[k] - counts[k], ends[k]
+        samples.append(
+            Sample(paths[image_id], builder.width, builder.height, boxes[s:e], labels[s:e], image_id, crowd[s:e], filled[s:e] if has_area[k] else None)
+        )  # fmt: skip
+    return samples
+
+
 def _read_annotations(
     data: dict, file: Path, builders: dict[int, BoxBuilder | None], class_of: dict[int, int], report: LoadReport
 ) -> None:
     seen_ids: Counter = Counter()
     for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            report.add("error", "malformed_annotation", file, f"annotations[{i}]", f"not an object: {ann!r:.80}")
-            continue
-        ann_id = ann.get("id")
-        where = f"annotation id {ann_id}" if ann_id is not None else f"annotations[{i}]"
-        if isinstance(ann_id, (int, str)):
-            seen_ids[ann_id] += 1
-            if seen_ids[ann_id] == 2:
-                report.add(
-                    "warning", "duplicate_annotation_id", file, where,
-                    f"annotation id {ann_id!r} is used more than once; all are kept",
-                )
-        image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
-        if type(image_id) is not int or type(category_id) is not int:
-            message = f"'image_id' and 'category_id' must be integers, got {image_id!r:.40} and {category_id!r:.40}"
-            report.add("error", "malformed_annotation", file, where, message)
-            continue
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
-            message = f"'bbox' must be 4 finite numbers, got {bbox!r:.80}"
-            report.add("error", "malformed_annotation", file, where, message)
-            continue
-        area = ann.get("area")
-        if area is not None and not (is_number(area) and area >= 0):
-            report.add("error", "malformed_annotation", file, where, f"'area' must be a number >= 0, got {area!r:.40}")
-            continue
-        crowd = ann.get("iscrowd", 0)
-        if crowd not in (0, 1):  # True and False compare equal to 1 and 0
-            report.add("error", "malformed_annotation", file, where, f"'iscrowd' must be 0 or 1, got {crowd!r:.40}")
-            continue
-        if image_id not in builders:
-            message = f"image_id {image_id!r} is not in 'images'; box dropped"
-            report.add("error", "unknown_image_id", file, where, message)
-            continue
-        if category_id not in class_of:
+        _check_annotation(i, ann, file, builders, class_of, report, seen_ids)
+
+
+def _check_annotation(
+    i: int, ann: object, file: Path, builders: dict[int, BoxBuilder | None], class_of: dict[int, int], report: LoadReport, seen_ids: Counter
+) -> None:
+    """Check annotation ``i`` (reporting what is wrong) and add its box to its image's builder."""
+    if not isinstance(ann, dict):
+        report.add("error", "malformed_annotation", file, f"annotations[{i}]", f"not an object: {ann!r:.80}")
+        return
+    ann_id = ann.get("id")
+    where = f"annotation id {ann_id}" if ann_id is not None else f"annotations[{i}]"
+    if isinstance(ann_id, (int, str)):
+        seen_ids[ann_id] += 1
+        if seen_ids[ann_id] == 2:
             report.add(
-                "error", "bad_class_id", file, where,
-                f"category_id {category_id!r} is not in 'categories'; box dropped",
+                "warning", "duplicate_annotation_id", file, where,
+                f"annotation id {ann_id!r} is used more than once; all are kept",
             )
-            continue
-        builder = builders[image_id]
-        if builder is None:
-            continue  # its image was skipped, which is already reported
-        x, y, w, h = (float(v) for v in bbox)
-        builder.add(x, y, x + w, y + h, class_of[category_id], where=where, crowd=bool(crowd), area=area)
+    image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
+    if type(image_id) is not int or type(category_id) is not int:
+        message = f"'image_id' and 'category_id' must be integers, got {image_id!r:.40} and {category_id!r:.40}"
+        report.add("error", "malformed_annotation", file, where, message)
+        return
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
+        message = f"'bbox' must be 4 finite numbers, got {bbox!r:.80}"
+        report.add("error", "malformed_annotation", file, where, message)
+        return
+    area = ann.get("area")
+    if area is not None and not (is_number(area) and area >= 0):
+        report.add("error", "malformed_annotation", file, where, f"'area' must be a number >= 0, got {area!r:.40}")
+        return
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1):  # True and False compare equal to 1 and 0
+        report.add("error", "malformed_annotation", file, where, f"'iscrowd' must be 0 or 1, got {crowd!r:.40}")
+        return
+    if image_id not in builders:
+        message = f"image_id {image_id!r} is not in 'images'; box dropped"
+        report.add("error", "unknown_image_id", file, where, message)
+        return
+    if category_id not in class_of:
+        report.add(
+            "error", "bad_class_id", file, where,
+            f"category_id {category_id!r} is not in 'categories'; box dropped",
+        )
+        return
+    builder = builders[image_id]
+    if builder is None:
+        return  # its image was skipped, which is already reported
+    x, y, w, h = (float(v) for v in bbox)
+    builder.add(x, y, x + w, y + h, class_of[category_id], where=where, crowd=bool(crowd), area=area)
 
 
 # --- writing ---------------------------------------------------------------------------------------

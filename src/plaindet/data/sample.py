@@ -49,7 +49,8 @@ class Sample:
     areas: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        self.image_path = Path(self.image_path)
+        if not isinstance(self.image_path, Path):  # a reader's Path is kept: parsing it again cost 15 us a sample
+            self.image_path = Path(self.image_path)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if self.iscrowd is None:
