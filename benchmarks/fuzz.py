@@ -6,8 +6,10 @@ Each target starts from a valid input (a COCO JSON file, a YOLO dataset, a VOC f
 saved checkpoint, an ONNX file) and applies 1 to 3 random mutations drawn from what goes wrong in
 real files and what attackers write: wrong types, missing keys, NaN/inf/negative/huge numbers,
 duplicate ids, unicode and path-like names, deep nesting, multi-megabyte values, byte flips,
-truncation, BOM and CRLF, entity payloads, lying headers, pickles under another name. Every input is
-run in a worker process, and its outcome is one of:
+truncation, BOM and CRLF, entity payloads, lying headers, pickles under another name. An image goes
+through every path that reads one: its header and pixels, ``predict``, one training step (transform,
+loader, loss, backward), ``data show`` and ``OnnxDetector.predict``. Every input is run in a worker
+process, and its outcome is one of:
 
 - ``loaded``: read, no problem reported; ``problems``: read, with problems in its report;
 - ``refused``: a plaindet ``UserError`` whose message names the input file (or its folder);
@@ -23,6 +25,7 @@ hung or ran out of memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import multiprocessing as mp
@@ -337,10 +340,13 @@ def _run_target(target: str, path: Path, model) -> str:
             assert np.isfinite(b).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all(), "box contract broken"
         return "problems" if ds.report.problems else "loaded"
     if target == "image":
-        image_size(path)
+        width, height = image_size(path)
         pixels = read_image(path)
         assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3, "not uint8 RGB"
         model.predict(str(path), image_size=64)
+        _through_training(model, path, width, height)
+        _through_data_show(path, width, height)
+        onnx_detector().predict(str(path))
         return "loaded"
     if target == "checkpoint":
         plaindet.load(path)
@@ -348,6 +354,58 @@ def _run_target(target: str, path: Path, model) -> str:
     detector = plaindet.load(path)
     detector.predict(np.zeros((20, 30, 3), np.uint8), image_size=min(detector.input_size))
     return "loaded"
+
+
+def _through_training(model, path: Path, width: int, height: int) -> None:
+    """One training step's data path and loss on the image: the training transform, the loader's
+    collation, forward, loss and backward (one box covering the image)."""
+    import numpy as np
+    import torch
+
+    from plaindet.data import DetectionDataset, Sample
+    from plaindet.data.collate import make_loader
+    from plaindet.data.transforms import TransformedDataset, train_transform
+
+    sample = Sample(path, width, height, np.array([[0, 0, width, height]], np.float32), np.array([0]), 1)
+    dataset = TransformedDataset(DetectionDataset([sample], ["a", "b"], [1, 2]), train_transform(64), seed=0)
+    batch = next(iter(make_loader(dataset, 1, shuffle=False, seed=0)))
+    model.train()
+    losses = model.criterion()(model(batch["images"], batch["targets"]), batch["targets"])
+    model.zero_grad()
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]), "non-finite loss"
+    model.eval()
+
+
+def _through_data_show(path: Path, width: int, height: int) -> None:
+    """``plaindet data show`` on a one-image COCO dataset of the image (its header read again)."""
+    import tempfile
+
+    from plaindet.viz import run_show
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+        coco = Path(folder) / "instances_train.json"
+        image = {"id": 1, "file_name": str(path), "width": width, "height": height}
+        box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, width, height]}
+        coco.write_text(json.dumps({"images": [image], "annotations": [box], "categories": [{"id": 1, "name": "a"}]}))
+        with contextlib.redirect_stdout(io.StringIO()):  # its summary line, once per input
+            run_show(coco, Path(folder) / "show", n=1)
+
+
+_ONNX = {}
+
+
+def onnx_detector():
+    """The tiny model as an ONNX file, exported once per worker, for ``OnnxDetector.predict``."""
+    if "detector" not in _ONNX:
+        import tempfile
+
+        from plaindet.export import OnnxDetector, export_onnx
+
+        file = Path(tempfile.mkdtemp(prefix="fuzz-onnx-")) / "tiny.onnx"
+        export_onnx(_tiny_model().eval(), file)
+        _ONNX["detector"] = OnnxDetector(file)
+    return _ONNX["detector"]
 
 
 def worker(conn) -> None:
