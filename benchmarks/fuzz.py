@@ -418,6 +418,7 @@ def worker(conn) -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # Pillow's notes on broken files; plaindet turns the ones that matter into errors
     model = _tiny_model()
+    onnx_detector()  # exported before the first input, so that its seconds count against no input's timeout
     conn.send("ready")
     while True:
         target, path, root = conn.recv()
