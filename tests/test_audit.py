@@ -155,6 +155,32 @@ def test_apply_writes_a_checked_copy_and_leaves_the_original(one_image, tmp_path
     assert _hashes(dataset.root) == original
 
 
+def test_apply_writes_a_voc_dataset_as_voc(make_voc, tmp_path):
+    def voc(box):  # 0-based exclusive corners to VOC's 1-based inclusive ones
+        return box[0] + 1, box[1] + 1, box[2], box[3]
+
+    root = make_voc({"a": (200, 200, [("dog", *voc(A), False), ("cat", *voc(C), False), ("cat", *voc([30, 110, 70, 150]), True)])}, {"train": ["a"]})
+    original = _hashes(root)
+    dataset = load_dataset(root)
+    assert dataset.class_names == ["cat", "dog"]
+    predictions = [pred(A, 0, 0.95, 0), pred(B, 1, 0.9, 0), pred([21, 19, 61, 60], 1, 0.04, 0), pred([0, 0, 30, 30], 0, 0.02, 0)]
+    report = audit(dataset, predictions)
+    assert kinds(report) == ["overlooked", "spurious", "wrong_class"]
+    suggestions = tmp_path / "report" / "suggestions.json"
+    suggestions.parent.mkdir()
+    suggestions.write_text(report.to_json())
+
+    result, applied = apply_suggestions(suggestions, tmp_path / "fixed")
+    assert applied == 3 and result.to == "voc" and result.notes == []
+    assert (tmp_path / "fixed" / "Annotations" / "a.xml").is_file() and not (tmp_path / "fixed" / "annotations").exists()
+    assert _hashes(root) == original
+    checks = check_dataset(tmp_path / "fixed")
+    assert [c.failed for c in checks] == [False] and checks[0].dataset.format == "voc"
+    fixed = checks[0].dataset.samples[0]
+    got = sorted((b.tolist(), int(c), bool(crowd)) for b, c, crowd in zip(fixed.boxes, fixed.labels, fixed.iscrowd))
+    assert got == sorted([(A, 0, False), (B, 1, False), ([30, 110, 70, 150], 0, True)])
+
+
 def test_cli_report_is_self_contained_and_apply_round_trips(one_image, tmp_path):
     from typer.testing import CliRunner
 

@@ -369,13 +369,15 @@ def test_convert_killed_mid_write_leaves_no_output_folder(make_yolo, tmp_path):
     source = make_yolo({"train": images})
     convert_dataset(source, "coco", tmp_path / "whole")
     convert_dataset(tmp_path / "whole", "yolo", tmp_path / "whole-yolo")
-    for target, src, out, nth in (("coco", source, "killed", 1), ("yolo", tmp_path / "whole", "killed-yolo", 3)):
+    convert_dataset(tmp_path / "whole", "voc", tmp_path / "whole-voc")
+    runs = (("coco", source, "killed", 1), ("yolo", tmp_path / "whole", "killed-yolo", 3), ("voc", tmp_path / "whole", "killed-voc", 2))
+    for target, src, out, nth in runs:
         code = f"from plaindet.data.convert import convert_dataset; convert_dataset({str(src)!r}, {target!r}, {str(tmp_path / out)!r})"
         _killed_mid_write(code, nth, tmp_path / f".{out}.partial")
         assert not (tmp_path / out).exists()
         convert_dataset(src, target, tmp_path / out)
-        reference = tmp_path / ("whole" if target == "coco" else "whole-yolo")
-        written = sorted(p.relative_to(tmp_path / out) for p in (tmp_path / out).rglob("*") if p.suffix in (".json", ".txt", ".yaml"))
+        reference = tmp_path / {"coco": "whole", "yolo": "whole-yolo", "voc": "whole-voc"}[target]
+        written = sorted(p.relative_to(tmp_path / out) for p in (tmp_path / out).rglob("*") if p.suffix in (".json", ".txt", ".yaml", ".xml"))
         assert written and all((tmp_path / out / p).read_bytes() == (reference / p).read_bytes() for p in written)
 
 

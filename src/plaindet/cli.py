@@ -121,7 +121,7 @@ def data_check(
 @data_app.command("convert")
 def data_convert(
     src: Path = typer.Argument(..., help="Dataset to convert (any supported format, or 'shapes')."),
-    to: str = typer.Option(..., "--to", help="Target format: coco or yolo."),
+    to: str = typer.Option(..., "--to", help="Target format: coco, yolo or voc."),
     out: Path = typer.Argument(..., help="Output folder (new or empty)."),
     copy: bool = typer.Option(False, "--copy", help="Copy the images instead of hard-linking them to the source's files."),
 ) -> None:

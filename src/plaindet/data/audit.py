@@ -496,10 +496,10 @@ def apply_suggestions(
     """Write the audited dataset, with the chosen suggestions applied, as a new dataset in ``out``.
 
     Every split is written (the audited one corrected, the others as they are), in the dataset's own
-    format: COCO (the built-in shapes set is COCO) or YOLO; a Pascal VOC dataset is written as COCO
-    (plaindet has no VOC writer; the result says so in its ``notes``). Writing goes through
-    :func:`plaindet.data.convert.write_datasets`: staged in a hidden folder and renamed when
-    complete, images hard-linked (or copied), and the original files are only read.
+    format: COCO (the built-in shapes set is COCO), YOLO or Pascal VOC; what the format cannot hold
+    (crowd regions in YOLO, a class left without boxes in VOC) is in the result's ``notes``. Writing
+    goes through :func:`plaindet.data.convert.write_datasets`: staged in a hidden folder and renamed
+    when complete, images hard-linked (or copied), and the original files are only read.
 
     Returns ``(result, applied)``: the :class:`~plaindet.data.convert.ConvertResult` and how many
     suggestions were applied. Raises :class:`UserError` on an unreadable suggestions file or a
@@ -517,8 +517,6 @@ def apply_suggestions(
         if dataset.split == data["split"]:
             dataset = corrected_dataset(dataset, chosen, where=str(suggestions))
         datasets.append(dataset)
-    to = "yolo" if data["dataset_format"] == "yolo" else "coco"
+    to = data["dataset_format"] if data["dataset_format"] in ("yolo", "voc") else "coco"
     result = write_datasets(datasets, to, out, copy=copy)
-    if data["dataset_format"] == "voc":
-        result.notes.append("Pascal VOC written as COCO: plaindet has no VOC writer")
     return result, len(chosen)

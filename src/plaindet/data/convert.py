@@ -1,4 +1,4 @@
-"""``plaindet data convert``: write any readable dataset as COCO JSON or as a YOLO dataset.
+"""``plaindet data convert``: write any readable dataset as COCO JSON, a YOLO dataset or Pascal VOC.
 
 Every split is converted. The output is built in a hidden folder next to ``out`` and renamed to
 ``out`` only when complete, so an interrupted conversion never leaves a half-written dataset; an
@@ -7,7 +7,7 @@ it (no extra space; the output then shares the image files with the source, so e
 place edits both; the summary says so) and copied otherwise, or always with ``copy=True``
 (``--copy``).
 
-Layouts written (both read back by :func:`~plaindet.data.formats.load_dataset`):
+Layouts written (all read back by :func:`~plaindet.data.formats.load_dataset`):
 
 - ``coco``: ``out/annotations/{split}.json`` and ``out/images/{split}/``; keeps image ids, category
   ids and names, ``iscrowd`` and areas; annotation ids are renumbered from 1 (sources without ids
@@ -18,15 +18,25 @@ Layouts written (both read back by :func:`~plaindet.data.formats.load_dataset`):
   object areas (box areas are used on reading), image ids (they become positions in sorted file
   order) or category ids: those are kept in an extra ``category_ids`` list in ``data.yaml``, which
   plaindet reads and other tools ignore.
+- ``voc``: ``out/Annotations/{stem}.xml`` (one per image, also for an image without objects),
+  ``out/JPEGImages/`` (the images of every split) and ``out/ImageSets/Main/{split}.txt``; keeps
+  boxes, sizes, class names and crowd regions (as ``difficult`` objects, which the reader makes
+  crowd regions again). VOC cannot hold a class list (the reader numbers the object names it finds,
+  sorted, so classes without boxes and the class order are lost), category ids, object areas or
+  image ids (positions in sorted stem order); the notes say which of those the dataset had. Split
+  names with ``_`` (readers take those files for per-class lists) and a ``trainval`` beside
+  ``train`` and ``val`` (read as their union) are refused; white space in image names becomes ``_``
+  (the lists are split at white space).
 
 Image file names are kept; when two images of a split share a name (stem), the later one gets its
-image id appended (``photo_17.jpg``).
+image id appended (``photo_17.jpg``). For VOC, whose images share one folder, that holds across splits.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +46,11 @@ from plaindet.data.coco import coco_dict, write_coco_json
 from plaindet.data.formats import list_splits, load_dataset
 from plaindet.data.rules import canonical_split
 from plaindet.data.sample import DetectionDataset, LoadReport, Sample
+from plaindet.data.voc import annotation_xml, voc_file_name
 from plaindet.data.yolo import label_text, yaml_text
 from plaindet.errors import DatasetError
 
-TARGETS = ("coco", "yolo")
+TARGETS = ("coco", "yolo", "voc")
 
 
 @dataclass
@@ -71,7 +82,7 @@ class ConvertResult:
 
 
 def convert_dataset(src: str | Path, to: str, out: str | Path, *, copy: bool = False) -> ConvertResult:
-    """Convert every split of the dataset at ``src`` to format ``to`` (``"coco"`` or ``"yolo"``) in ``out``.
+    """Convert every split of the dataset at ``src`` to format ``to`` (``"coco"``, ``"yolo"``, ``"voc"``) in ``out``.
 
     Images are hard-linked to the source's files where the file system allows (counted in
     ``linked``), else copied (``copied``); ``copy=True`` always copies.
@@ -80,8 +91,9 @@ def convert_dataset(src: str | Path, to: str, out: str | Path, *, copy: bool = F
     :class:`SplitResult` carries the reader's report.
 
     Raises:
-        DatasetError: ``to`` is unknown, ``out`` exists and is not empty, a split cannot be read, or
-            (to YOLO) a split has no ``train``/``val``/``test`` equivalent.
+        DatasetError: ``to`` is unknown, ``out`` exists and is not empty, a split cannot be read,
+            (to YOLO) a split has no ``train``/``val``/``test`` equivalent, or (to VOC) a split name
+            or class name that VOC readers would not give back.
     """
     return write_datasets([load_dataset(src, name) for name in list_splits(src)], to, out, copy=copy)
 
@@ -103,20 +115,32 @@ def write_datasets(datasets: list[DetectionDataset], to: str, out: str | Path, *
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     result = ConvertResult(out, to)
+    voc_taken: set[str] = set()  # VOC keeps every split's images in one folder, so names are unique across splits
+    written: list[list[str]] = []  # the image file names of each split
     try:
         for dataset, name in zip(datasets, names):
-            file_names = _unique_names(dataset)
-            linked = _place_images(dataset, file_names, staging / "images" / name, copy=copy)
+            if to == "voc":
+                file_names = _unique_names(dataset, voc_taken, clean=voc_file_name)
+                folder = staging / "JPEGImages"
+            else:
+                file_names = _unique_names(dataset)
+                folder = staging / "images" / name
+            written.append(file_names)
+            linked = _place_images(dataset, file_names, folder, copy=copy)
             result.linked += linked
             result.copied += len(dataset.samples) - linked
             if to == "coco":
                 split = _write_coco_split(dataset, file_names, staging, name)
-            else:
+            elif to == "yolo":
                 split = _write_yolo_split(dataset, file_names, staging, name)
+            else:
+                split = _write_voc_split(dataset, file_names, staging, name)
             result.splits.append(split)
         if to == "yolo":
             _write_yolo_yaml(datasets, names, staging)
             result.notes += _yolo_notes(datasets, result)
+        if to == "voc":
+            result.notes += _voc_notes(datasets, written)
         if out.exists():
             out.rmdir()  # empty (checked above); rename cannot replace a folder
         staging.rename(out)
@@ -129,6 +153,8 @@ def write_datasets(datasets: list[DetectionDataset], to: str, out: str | Path, *
 def _target_names(splits: list[str], to: str) -> list[str]:
     if to == "coco":
         return list(splits)
+    if to == "voc":
+        return _voc_split_names(splits)
     names = [canonical_split(s) for s in splits]
     for source, name in zip(splits, names):
         if name not in ("train", "val", "test"):
@@ -138,15 +164,35 @@ def _target_names(splits: list[str], to: str) -> list[str]:
     return names
 
 
-def _unique_names(dataset: DetectionDataset) -> list[str]:
+def _voc_split_names(splits: list[str]) -> list[str]:
+    """The split names, kept, once checked that the VOC reader lists each of them as a split."""
+    for name in splits:
+        if "_" in name:
+            raise DatasetError(
+                f"split {name!r} cannot be a VOC split: ImageSets/Main lists named with '_' are per-class lists, "
+                "which readers skip; rename the split"
+            )
+    if {"train", "val", "trainval"} <= set(splits):
+        raise DatasetError(
+            "split 'trainval' beside 'train' and 'val' would be read as their union; convert it separately"
+        )
+    return list(splits)
+
+
+def _unique_names(
+    dataset: DetectionDataset, taken: set[str] | None = None, *, clean: Callable[[str], str] | None = None
+) -> list[str]:
     """An output file name per sample: its own name unless another image of the split has its stem.
 
-    Stems must be unique, not just names, because YOLO label files are named by stem (``a.jpg`` and
-    ``a.png`` would share ``a.txt``); compared case-insensitively for case-insensitive file systems.
+    Stems must be unique, not just names, because YOLO label files and VOC annotations are named by
+    stem (``a.jpg`` and ``a.png`` would share ``a.txt``); compared case-insensitively for
+    case-insensitive file systems. ``taken`` holds the (lower-case) stems other splits already use
+    in the same folder, and gets this split's; ``clean`` rewrites each name first.
     """
-    names, taken = [], set()
+    names, taken = [], set() if taken is None else taken
     for sample in dataset.samples:
-        stem, suffix = sample.image_path.stem, sample.image_path.suffix
+        own = Path(clean(sample.image_path.name)) if clean else sample.image_path
+        stem, suffix = own.stem, own.suffix
         name, n = f"{stem}{suffix}", 0
         while Path(name).stem.lower() in taken:
             n += 1
@@ -192,6 +238,34 @@ def _write_yolo_split(dataset: DetectionDataset, file_names: list[str], root: Pa
     return SplitResult(name, dataset.split, len(dataset), boxes, crowd, dataset.report)
 
 
+def _write_voc_split(dataset: DetectionDataset, file_names: list[str], root: Path, name: str) -> SplitResult:
+    _check_voc_class_names(dataset)
+    folder = root / "Annotations"
+    folder.mkdir(exist_ok=True)
+    for sample, file_name in zip(dataset.samples, file_names):
+        xml = annotation_xml(sample, file_name, dataset.class_names)
+        (folder / Path(file_name).with_suffix(".xml").name).write_text(xml, encoding="utf-8")
+    lists = root / "ImageSets" / "Main"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / f"{name}.txt").write_text("".join(Path(f).stem + "\n" for f in file_names), encoding="utf-8")
+    boxes = sum(len(s.boxes) for s in dataset.samples)
+    return SplitResult(name, dataset.split, len(dataset), boxes, 0, dataset.report)
+
+
+def _check_voc_class_names(dataset: DetectionDataset) -> None:
+    """VOC names classes by name: two classes with boxes and one name would be read back as one."""
+    used = sorted({int(k) for s in dataset.samples for k in s.labels})
+    seen: dict[str, int] = {}
+    for k in used:
+        name = dataset.class_names[k]
+        if name in seen:
+            raise DatasetError(
+                f"split {dataset.split!r}: classes {seen[name]} and {k} are both named {name!r}; VOC names classes by "
+                "name, so they would become one class; rename one first"
+            )
+        seen[name] = k
+
+
 def _write_yolo_yaml(datasets: list[DetectionDataset], names: list[str], root: Path) -> None:
     first = datasets[0]
     for d in datasets[1:]:
@@ -217,11 +291,40 @@ def _yolo_notes(datasets: list[DetectionDataset], result: ConvertResult) -> list
     return notes
 
 
-def _has_own_areas(sample: Sample) -> bool:
-    """Whether the sample's areas differ from its box areas (COCO segmentation areas do)."""
+def _voc_notes(datasets: list[DetectionDataset], file_names: list[list[str]]) -> list[str]:
+    notes = []
+    used = sorted({d.class_names[k] for d in datasets for s in d.samples for k in s.labels})
+    unused = sorted({n for d in datasets for n in d.class_names} - set(used))
+    if unused:
+        listed = ", ".join(repr(n) for n in unused[:5]) + (", ..." if len(unused) > 5 else "")
+        notes.append(f"{len(unused)} classes without boxes left out ({listed}): VOC holds classes only as object names")
+    if any([n for n in d.class_names if n in used] != used for d in datasets):
+        notes.append(
+            "class order not kept: VOC has no class list, so readers number the object names sorted "
+            "(load_voc's class_names gives an order back)"
+        )
+    if any(d.category_ids != list(range(d.num_classes)) for d in datasets):
+        notes.append("category ids not kept: VOC names classes and has no ids")
+    if any(_has_own_areas(s, crowd=True) for d in datasets for s in d.samples):
+        notes.append("object areas not kept: VOC has none, readers use box areas (COCO small/medium/large may shift)")
+    if any(_voc_ids_change(d, names) for d, names in zip(datasets, file_names)):
+        notes.append("image ids not kept: VOC image ids are positions in sorted file-stem order")
+    return notes
+
+
+def _voc_ids_change(dataset: DetectionDataset, file_names: list[str]) -> bool:
+    """Whether the VOC reader's image ids (positions in sorted stem order) differ from the dataset's."""
+    stems = [Path(f).stem for f in file_names]  # unique: _unique_names made them so
+    rank = {stem: i for i, stem in enumerate(sorted(stems))}
+    return any(s.image_id != rank[stem] for s, stem in zip(dataset.samples, stems))
+
+
+def _has_own_areas(sample: Sample, *, crowd: bool = False) -> bool:
+    """Whether the sample's areas differ from its box areas (COCO segmentation areas do); those of
+    crowd regions count only with ``crowd`` (YOLO does not write crowd regions; VOC does)."""
     if sample.areas is None:
         return False
-    keep = ~sample.iscrowd  # crowd boxes are not written to YOLO anyway
+    keep = np.ones(len(sample.boxes), dtype=bool) if crowd else ~sample.iscrowd
     boxes = sample.boxes[keep].astype(np.float64)
     box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return not np.allclose(sample.areas[keep], box_areas, rtol=1e-4, atol=1e-2)

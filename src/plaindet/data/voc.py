@@ -28,18 +28,30 @@ XML is input from anyone: a file that declares an entity (the "billion laughs" e
 external entity pointing at a local file or a URL) or names an external DTD is refused as
 ``malformed_xml`` at the declaration, before anything is expanded, read or fetched. VOC annotations
 never need either; a bare ``<!DOCTYPE annotation>`` is accepted.
+
+Writing
+-------
+:func:`annotation_xml` writes one sample's annotation so that this reader gives the same sample
+back: corners as the shortest decimals that read back to the same ``float32`` (integers stay
+integers; see :func:`corner_text`), crowd regions as ``difficult`` objects, class names escaped by
+ElementTree. A class name the reader would not give back (empty, white space at either end, a
+carriage return or a character XML cannot hold) is refused rather than changed.
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
-from xml.parsers import expat
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
+from xml.parsers import expat
+
+import numpy as np
 
 from plaindet.data.images import IMAGE_SUFFIXES, ImageReadError, image_size
 from plaindet.data.rules import BoxBuilder, image_problem, is_file, match_split, split_order
-from plaindet.data.sample import DetectionDataset, LoadReport
+from plaindet.data.sample import DetectionDataset, LoadReport, Sample
 from plaindet.errors import DatasetError
 
 
@@ -238,3 +250,72 @@ def _size(ann: _Annotation, image_path: Path, report: LoadReport, check_images: 
             "displayed (after EXIF orientation); using the image's size",
         )
     return actual
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+# Characters XML 1.0 cannot hold at all (controls other than tab and newlines, lone surrogates, two
+# non-characters); ElementTree would write them and expat refuse the file.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def name_problem(name: str) -> str:
+    """Why :func:`load_voc` would not read the class name ``name`` back as it is (``""`` when it would)."""
+    if not name:
+        return "it is empty, and an object without a <name> is skipped"
+    if name != name.strip():
+        return "it starts or ends with white space, which the reader strips"
+    if "\r" in name or NOT_XML.search(name):
+        return "it holds a carriage return or a control character, which XML cannot keep"
+    return ""
+
+
+def voc_file_name(name: str) -> str:
+    """``name`` with white space and characters XML cannot hold replaced by ``_``: an image's stem is
+    its id in the ``ImageSets`` lists, which are split at white space, and its name goes in the XML."""
+    return "".join("_" if c.isspace() or NOT_XML.match(c) else c for c in name)
+
+
+def corner_text(value: float, offset: int) -> str:
+    """``value + offset`` as decimal text that the reader turns back into ``float32(value)``.
+
+    The reader computes ``float32(float(text) - offset)`` (``offset`` is 1 for VOC's 1-based
+    ``xmin``/``ymin``, 0 for ``xmax``/``ymax``). The shortest decimal of the ``float32`` plus the
+    offset nearly always reads back and keeps integers integers (tools that ``int()`` VOC corners
+    exist); where float64 rounding would land it on a neighbour, the float64 sum is written, exact
+    for a ``float32`` of at least ``2**-29``. A smaller ``xmin`` or ``ymin`` comes back within
+    ``2**-53`` px, the step of float64 numbers near 1.
+    """
+    short = np.format_float_positional(np.float32(value), unique=True, trim="-")
+    text = str(Decimal(short) + offset)
+    if np.float32(float(text) - offset) == np.float32(value):
+        return text
+    return repr(float(np.float32(value)) + offset)
+
+
+def annotation_xml(sample: Sample, file_name: str, class_names: list[str]) -> str:
+    """The VOC annotation (XML text) of ``sample``, whose image is ``JPEGImages/{file_name}``.
+
+    Boxes go from the sample's 0-based exclusive corners to VOC's 1-based inclusive ones (the inverse
+    of :func:`load_voc`); crowd regions become ``difficult`` objects, which the reader makes crowd
+    regions again. Raises :class:`DatasetError` for a class name the reader would not give back.
+    """
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = file_name
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", sample.width), ("height", sample.height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    for box, label, crowd in zip(sample.boxes, sample.labels, sample.iscrowd):
+        name = class_names[label]
+        problem = name_problem(name)
+        if problem:
+            raise DatasetError(f"class {name!r} cannot be written as a VOC object name: {problem}; rename it first")
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "difficult").text = "1" if crowd else "0"
+        bndbox = ET.SubElement(obj, "bndbox")
+        for key, value, offset in zip(("xmin", "ymin", "xmax", "ymax"), box.tolist(), (1, 1, 0, 0)):
+            ET.SubElement(bndbox, key).text = corner_text(value, offset)
+    ET.indent(root)
+    # The declaration is written here: ElementTree's names the locale's encoding for encoding="unicode".
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
