@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import copy
 import json
 import multiprocessing as mp
 import os
@@ -59,7 +60,9 @@ def hostile(rng: random.Random):
         for _ in range(rng.choice([100, 1000, 5000])):
             value = [value]
         return value
-    return rng.choice(HOSTILE)
+    # a fresh copy: a shared list or dict placed twice in one tree (or edited in place) would make a
+    # cycle, or leak one input's edits into the next
+    return copy.deepcopy(rng.choice(HOSTILE))
 
 
 def mutate_tree(doc, rng: random.Random, edits: int):
@@ -274,7 +277,7 @@ def make_checkpoint(folder: Path, rng: random.Random, seed_file: Path) -> Path:
     elif roll < 0.7:  # the tensor table: offsets, dtypes, shapes
         name = rng.choice([k for k in header if k != "__metadata__"])
         header[name][rng.choice(["data_offsets", "dtype", "shape"])] = rng.choice(
-            [[0, 10**12], [5, 1], "F64", "I8", "XX", [10**6, 10**6], [-1], [], None, rng.choice(HOSTILE)]
+            [[0, 10**12], [5, 1], "F64", "I8", "XX", [10**6, 10**6], [-1], [], None, copy.deepcopy(rng.choice(HOSTILE))]
         )
     if roll < 0.7:
         text = json.dumps(header).encode("utf-8", "surrogatepass")
