@@ -56,6 +56,20 @@ def test_clean_labels_report_nothing(one_image):
     assert report.issues == []
     assert report.image_scores[0][1] >= 0.5
     assert all(0.0 <= c.score <= 1.0 for c in report.candidates)
+    assert report.warnings == []
+
+
+def test_predictions_that_see_almost_nothing_are_called_out(one_image):
+    # A model that sees nothing flags every label spurious: the report must say the audit is of the
+    # model, not hand the user a ranked list of correct labels to delete.
+    blind = [pred([0, 0, 10, 10], 1, 0.01)]
+    report = audit(one_image([(A, 1), (B, 2), (C, 1)]), blind)
+    assert kinds(report) == ["spurious"] and len(report.issues) == 3
+    (warning,) = report.warnings
+    assert "support only 0 of the 3 labels" in warning and "backbone_weights" in warning
+    assert warning in report.to_json()
+    # One spurious label of three is an audit finding, not a blind model.
+    assert audit(one_image([(A, 1), (B, 2), (C, 1)]), CLEAN_PREDICTIONS).warnings == []
 
 
 def test_overlooked_object(one_image):
@@ -251,3 +265,20 @@ def test_weights_give_predictions_and_the_report_warns_they_are_in_sample(traine
     assert data["split"] == "valid" and len(data["images"]) == 8
     assert any("in-sample" in w for w in data["warnings"])
     assert "in-sample" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_in_sample_warning_counts_the_audited_images_the_model_trained_on(trained_run, tiny_shapes, tmp_path):
+    import shutil
+
+    from plaindet.engine.label_audit import in_sample_warning
+
+    weights = trained_run / "best.safetensors"  # trained on tiny_shapes' 8 valid images
+    warning = in_sample_warning(weights, load_dataset(tiny_shapes, "valid"))
+    assert warning.startswith("8 of the 8 audited images are in the training split") and "in-sample" in warning
+    assert in_sample_warning(weights, load_dataset(tiny_shapes, "train")) is None  # another split: out-of-sample
+    # Without its run folder nothing is known: the warning says it may be in-sample.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(weights, alone / "best.safetensors")
+    warning = in_sample_warning(alone / "best.safetensors", load_dataset(tiny_shapes, "train"))
+    assert "no training record" in warning and "if it trained on these images" in warning

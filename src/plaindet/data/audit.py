@@ -50,6 +50,7 @@ from plaindet.errors import ConfigError, DatasetError, UserError
 KINDS = ("overlooked", "spurious", "wrong_class", "badly_located", "duplicate")
 ACTIONS = {"overlooked": "add", "spurious": "remove", "wrong_class": "relabel", "badly_located": "move", "duplicate": "remove"}
 _FORMAT_VERSION = 1
+BLIND_SHARE = 0.5  # above this share of labels flagged spurious, the report warns that the model sees too little
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,25 @@ def audit(
     for i in candidates:
         lowest[i.image_index] = min(lowest[i.image_index], i.score)
     image_scores = sorted(((k, float(s)) for k, s in enumerate(lowest)), key=lambda t: (t[1], t[0]))
-    return AuditReport(dataset, cfg, issues, candidates, image_scores, list(warnings))
+    notes = list(warnings)
+    blind = _blind_model_warning(candidates, cfg)
+    if blind:
+        notes.append(blind)
+    return AuditReport(dataset, cfg, issues, candidates, image_scores, notes)
+
+
+def _blind_model_warning(candidates: Sequence[Issue], cfg: AuditConfig) -> str | None:
+    """A warning when the predictions support too few labels to audit them: where a model sees almost
+    nothing, every label looks spurious and the ranking measures the model, not the labels."""
+    spurious = [i.score < cfg.threshold for i in candidates if i.kind == "spurious"]  # one candidate per label
+    if not spurious or sum(spurious) <= BLIND_SHARE * len(spurious):
+        return None
+    return (
+        f"the predictions support only {len(spurious) - sum(spurious)} of the {len(spurious)} labels: the other "
+        f"{sum(spurious)} ({sum(spurious) / len(spurious):.0%}) are flagged spurious, so the model sees too little to "
+        "tell a wrong label from its own blindness and these issues say more about it than about the labels; audit "
+        "again with a model that detects this data (longer training, or pretrained weights: backbone_weights=)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

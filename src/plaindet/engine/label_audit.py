@@ -4,7 +4,9 @@ The predictions come from one of:
 
 - ``weights``: a trained model run on the split (:func:`plaindet.detections.predict_dataset`). If it
   trained on these images its predictions are in-sample: it has memorised some of the wrong labels,
-  which then look right, so the report says so.
+  which then look right, so the report says so (:func:`in_sample_warning`: it counts the audited
+  images in the training split its run folder's ``config.yaml`` names, and warns that they may be
+  in-sample when there is no such record).
 - ``predictions``: a COCO results file in the dataset's own ids.
 - ``folds``: K-fold cross-prediction (:func:`out_of_fold_predictions`): K models, each trained with
   the normal engine (:func:`plaindet.engine.train.train`) on K-1 folds and run on the fold it did not
@@ -33,10 +35,37 @@ from plaindet.errors import UserError
 
 log = logging.getLogger("plaindet")
 
-IN_SAMPLE_WARNING = (
-    "predictions from a model trained on these images are in-sample: it has memorised some wrong labels, "
-    "which then look right; --folds K gives out-of-sample predictions"
-)
+_IN_SAMPLE_WHY = "it has memorised some wrong labels, which then look right; --folds K gives out-of-sample predictions"
+IN_SAMPLE_WARNING = f"predictions from a model trained on these images are in-sample: {_IN_SAMPLE_WHY}"
+
+
+def in_sample_warning(weights: str | Path, dataset: DetectionDataset) -> str | None:
+    """The report's warning about in-sample predictions from the model file ``weights``: how many of
+    the audited images are in the training split named by the ``config.yaml`` of its run folder
+    (``None`` when none is), or, without a readable record, that they may be in-sample. The built-in
+    shapes set is not regenerated to find out: its runs get the second warning."""
+    import yaml
+
+    from plaindet.data.formats import load_dataset
+    from plaindet.data.shapes import parse_builtin
+
+    record = Path(weights).resolve().parent / "config.yaml"
+    try:
+        train = yaml.safe_load(record.read_text(encoding="utf-8"))["train"]
+        if parse_builtin(str(train["data"])) is not None:
+            raise UserError("trained on the built-in shapes set")
+        trained = load_dataset(train["data"], train["train_split"])
+    except Exception as exc:  # no run folder, or its data moved: say what is not known
+        log.debug("no usable training record for %s: %s", weights, exc)
+        return (
+            f"{weights} has no training record that names readable data ({record}): if it trained on these images, "
+            f"its predictions are in-sample: {_IN_SAMPLE_WHY}"
+        )
+    seen = {Path(s.image_path).resolve() for s in trained.samples}
+    inside = sum(Path(s.image_path).resolve() in seen for s in dataset.samples)
+    if not inside:
+        return None
+    return f"{inside} of the {len(dataset)} audited images are in the training split of {weights} ({train['data']}, {train['train_split']}): {IN_SAMPLE_WARNING}"
 
 
 def fold_indices(n: int, folds: int, seed: int = 0) -> list[np.ndarray]:
@@ -123,7 +152,9 @@ def run_audit(
     out = Path(out)
     if weights is not None:
         results, warnings = predict_with_weights(weights, dataset, batch_size=batch_size, device=device)
-        warnings.append(IN_SAMPLE_WARNING)
+        note = in_sample_warning(weights, dataset)
+        if note:
+            warnings.append(note)
     elif predictions is not None:
         results = Path(predictions)
     else:
