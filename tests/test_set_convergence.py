@@ -308,11 +308,38 @@ def test_selected_content_is_the_dense_features_at_the_selected_locations():
         tiny(anchor_queries=True, dense_aux=True, selected_content=True)
 
 
+def test_query_nms_selects_distinct_locations_first():
+    """Distinct queries: a location whose box overlaps a better one's beyond the IoU goes behind
+    every distinct location (in score order), so one object's neighbouring cells do not take two
+    queries while another object has none; off, the plain top-k."""
+    from plaindet.errors import ConfigError
+    from plaindet.models.detr import distinct_locations
+
+    # Locations 0 and 1 are one object (IoU 0.81); 2 is another; 3 overlaps 2 slightly (IoU 0.09).
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 9.0, 9.0], [20.0, 20.0, 30.0, 30.0], [26.0, 26.0, 36.0, 36.0]]])
+    scores = torch.tensor([[5.0, 4.0, 3.0, 1.0]])
+    assert distinct_locations(scores, boxes, 2, 0.7).tolist() == [[0, 2]]
+    assert distinct_locations(scores, boxes, 4, 0.7).tolist() == [[0, 2, 3, 1]]  # the duplicate last
+    assert distinct_locations(scores, boxes, 4, 0.9).tolist() == [[0, 1, 2, 3]]  # under the threshold: kept
+    assert distinct_locations(scores, boxes, 4, 0.05).tolist() == [[0, 2, 1, 3]]  # 3 overlaps 2 at 0.09
+    # In the model: the selected anchors are the distinct locations' boxes.
+    model = tiny(anchor_queries=True, dense_aux=True, query_selection=True, query_nms=0.7, loss={"classification": "focal"}).eval()
+    logits = scores[..., None].expand(1, 4, 3)
+    anchors, idx = model.selected_anchors({"logits": logits, "boxes": boxes}, torch.zeros(1, 6, 4), 1, torch.tensor([40.0, 40.0]))
+    assert idx.tolist() == [[0, 2, 3, 1]]
+    with torch.no_grad():
+        assert model(images())["boxes"].shape == (2, 6, 4)
+    for bad in ({"query_nms": 1.0}, {"query_nms": 0.7, "query_selection": False}):
+        with pytest.raises(ConfigError, match="query_nms"):
+            tiny(anchor_queries=True, dense_aux=True, **{"query_selection": True, **bad})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["detr-r18", "deperceiver-r18"])
 def test_the_inference_options_export_and_match_pytorch(name, tmp_path):
-    """Anchor queries, the spatial prior (DETR), sigmoid decoding and query selection with selected
-    content (topk and gathers over the dense head in the graph) export, and the ONNX graph gives PyTorch's detections."""
+    """Anchor queries, the spatial prior (DETR), sigmoid decoding and query selection with distinct
+    queries and selected content (topk, an IoU matrix and gathers over the dense head in the graph)
+    export, and the ONNX graph gives PyTorch's detections."""
     pytest.importorskip("onnxruntime")
     from plaindet.export.onnx import export_onnx, onnx_parity
 
@@ -321,7 +348,7 @@ def test_the_inference_options_export_and_match_pytorch(name, tmp_path):
     torch.manual_seed(0)
     model = plaindet.create_model(
         name, num_classes=3, image_size=SIZE, **base, **extra, anchor_queries=True, dense_aux=True, query_selection=True,
-        selected_content=True, loss={"classification": "focal"},
+        selected_content=True, query_nms=0.7, loss={"classification": "focal"},
     ).eval()
     path = export_onnx(model, tmp_path / "model.onnx", dynamic_batch=True)
     parity = onnx_parity(model, path, images())

@@ -38,7 +38,7 @@ from plaindet.models.registry import register_model
 from plaindet.models.resnet import NORMS as RESNET_NORMS
 from plaindet.models.resnet import ResNet, load_resnet_weights
 from plaindet.models.set_criterion import SetCriterion, SetLossConfig, pad_targets
-from plaindet.ops.boxes import cxcywh_to_xyxy
+from plaindet.ops.boxes import box_iou, cxcywh_to_xyxy
 
 log = logging.getLogger("plaindet")
 
@@ -78,6 +78,7 @@ DETR_PAPER: dict[str, Any] = {
     "dense_aux": False,
     "query_selection": False,
     "selected_content": False,
+    "query_nms": 0.0,
     "query_groups": 1,
     "denoising": 0,
 }
@@ -319,6 +320,12 @@ class SetDetectorConfig(DetectionConfig):
       shared by every query: a query knows what it looks at before its first cross-attention, so
       the class need not be found by attention alone. Off: memorizing 16 coco128 images it was
       behind without it (frozen BatchNorm: AP50 0.041 against 0.165 at epoch 90, README "Every family").
+    - ``query_nms`` (with ``query_selection``; 0: off): distinct queries (DDQ, Zhang et al. 2023): of
+      the dense head's ``4 * num_queries`` best locations, one whose box overlaps a better one's by
+      more than this IoU goes behind every distinct one, so the selected anchors are distinct
+      objects rather than the neighbouring cells of one. Nearly equal queries on one object are
+      what a one-to-one decoder finds hardest to tell apart (its duplicates); this removes them
+      before the decoder instead of after it, so inference still needs no NMS.
     """
 
     name: str = "detr"
@@ -343,6 +350,7 @@ class SetDetectorConfig(DetectionConfig):
     dn_label_noise: float = 0.2
     query_selection: bool = True
     selected_content: bool = False
+    query_nms: float = 0.0
     image_size: int = 800
 
     def __post_init__(self) -> None:
@@ -359,6 +367,10 @@ class SetDetectorConfig(DetectionConfig):
             raise ConfigError("query_selection takes the dense head's boxes as anchors, so it needs anchor_queries=True and dense_aux=True")
         if self.selected_content and not self.query_selection:
             raise ConfigError("selected_content is the content of the selected queries, so it needs query_selection=True")
+        if not 0.0 <= self.query_nms < 1.0:
+            raise ConfigError(f"query_nms is an IoU threshold in [0, 1) (0: off), got {self.query_nms}")
+        if self.query_nms and not self.query_selection:
+            raise ConfigError("query_nms makes the selected queries distinct, so it needs query_selection=True")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(map(repr, BACKBONES))}, got {self.backbone!r}")
         if self.backbone == "bit" and self.backbone_depth not in BIT_LAYOUTS:
@@ -563,7 +575,10 @@ class SetDetector(DetectionModel):
         q = self.config.num_queries
         scores = dense["logits"].detach().float().amax(-1)  # (B, S)
         k = min(q, scores.shape[1])
-        idx = scores.topk(k, dim=1).indices
+        if self.config.query_nms:
+            idx = distinct_locations(scores, dense["boxes"].detach().float(), k, self.config.query_nms)
+        else:
+            idx = scores.topk(k, dim=1).indices
         boxes = dense["boxes"].detach().float().gather(1, idx[..., None].expand(-1, -1, 4))  # xyxy pixels
         scale = torch.cat([image_wh, image_wh]).float()
         boxes = (boxes / scale).clamp(0, 1)
@@ -669,6 +684,20 @@ class SetDetector(DetectionModel):
         c = self.config
         names = {"anchor_embed.weight", "label_embed.weight"} if c.anchor_queries else {"query_embed.weight"}
         return names | ({"spatial_gamma"} if c.spatial_prior else set())
+
+
+def distinct_locations(scores: Tensor, boxes: Tensor, k: int, iou: float) -> Tensor:
+    """The ``k`` best locations ``(B, k)`` by ``scores (B, S)``, distinct ones first: of the ``4 * k``
+    best, a location whose box (``boxes (B, S, 4)`` xyxy) overlaps a better-scored candidate's by
+    more than ``iou`` (matrix NMS's one-pass rule: a dropped box still drops others) ranks behind
+    every distinct one, in score order. Pure tensor ops (exportable)."""
+    m = min(4 * k, scores.shape[1])
+    top, cand = scores.topk(m, dim=1)  # best first
+    cand_boxes = boxes.gather(1, cand[..., None].expand(-1, -1, 4))
+    better = torch.ones(m, m, dtype=torch.bool, device=scores.device).triu(1)  # [i, j]: i scored above j
+    dropped = ((box_iou(cand_boxes, cand_boxes) > iou) & better).any(1)  # (B, m)
+    rank = torch.arange(m, 0, -1, device=scores.device, dtype=torch.float32) - dropped.float() * m  # distinct first, each in score order
+    return cand.gather(1, rank.topk(k, dim=1).indices)
 
 
 def set_detections(logits: Tensor, boxes: Tensor, image_wh: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
