@@ -82,6 +82,41 @@ def main() -> None:
     print(f"\n{args.model} (lr {lr:g}{', ' + ', '.join(args.set) if args.set else ''}) on {len(data)} coco128 train images, "
           f"evaluated on the same images: {when}; best AP50 {best['AP50']:.3f}, AP {best['AP']:.3f} "
           f"(epoch {best['epoch']}), {time.time() - start:.0f} s in all")
+    print(diagnose(Path(cfg.out) / "best.safetensors", data, args.image_size))
+
+
+def diagnose(weights: Path, data, image_size: int) -> str:
+    """Where the best checkpoint's errors are: of each image's top ``n`` detections (``n`` = its
+    labels), how many find a label (same class, IoU >= 0.5, each label once), and what the others
+    are: a duplicate of a found object (same class), a wrong class on a label, or background."""
+    import plaindet
+    from plaindet.ops.boxes import box_iou
+
+    model = plaindet.load(weights, device="cpu")
+    found = dup = wrong = background = total = 0
+    for sample in data.samples:
+        det = model.predict(str(sample.image_path), threshold=0.0, image_size=image_size)
+        n = len(sample.boxes)
+        total += n
+        order = torch.as_tensor(det.scores).argsort(descending=True)[:n]
+        iou = box_iou(torch.as_tensor(sample.boxes, dtype=torch.float32), torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4))
+        labels, pred_labels = torch.as_tensor(sample.labels), torch.as_tensor(det.labels)
+        used: set[int] = set()
+        for j in order.tolist():
+            over = iou[:, j] >= 0.5
+            same = over & (labels == pred_labels[j])
+            free = [k for k in same.nonzero().flatten().tolist() if k not in used]
+            if free:
+                used.add(max(free, key=lambda k: iou[k, j].item()))
+            elif same.any():
+                dup += 1
+            elif over.any():
+                wrong += 1
+            else:
+                background += 1
+        found += len(used)
+    return (f"diagnosis: each image's top n detections (n = its labels) find {found} of {total} labels; the other "
+            f"{total - found}: {dup} duplicates of a found object, {wrong} wrong class, {background} background")
 
 
 if __name__ == "__main__":
