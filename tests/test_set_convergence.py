@@ -362,7 +362,35 @@ def test_the_convergence_options_are_the_default_and_detr_paper_turns_them_off()
 
     for name in ("detr-r18", "detr-r50", "detr-bit50", "deperceiver-r18", "deperceiver-r50"):
         c = model_config(name)
-        assert (c.loss.classification, c.anchor_queries, c.dense_aux, c.query_selection) == ("focal", True, True, True), name
+        assert (c.loss.classification, c.anchor_queries, c.dense_aux, c.query_selection, c.query_nms) == ("focal", True, True, True, 0.7), name
     paper = model_config("detr-r50", **DETR_PAPER)
-    assert (paper.loss.classification, paper.anchor_queries, paper.dense_aux, paper.query_selection) == ("softmax", False, False, False)
+    assert (paper.loss.classification, paper.anchor_queries, paper.dense_aux, paper.query_selection, paper.query_nms) == ("softmax", False, False, False, 0.0)
     assert paper.backbone_norm == "frozen_bn"
+
+
+def test_a_checkpoint_from_before_distinct_queries_loads_without_them(tmp_path):
+    """A config written before ``query_nms`` existed meant plain top-k selection: it loads so, and
+    predicts as it did; a config that names the field keeps its value."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from plaindet.config import from_dict, to_dict
+    from plaindet.models.detr import DetrConfig
+
+    model = tiny(anchor_queries=True, dense_aux=True, query_selection=True, query_nms=0.0, loss={"classification": "focal"}).eval()
+    path = model.save(tmp_path / "old.safetensors")
+    old = to_dict(model.config)
+    del old["query_nms"]
+    assert from_dict(DetrConfig, old).query_nms == 0.0
+    assert from_dict(DetrConfig, {**old, "query_nms": 0.7}).query_nms == 0.7
+    with safe_open(str(path), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(meta["config"])
+    del config["query_nms"]
+    save_file(state, str(tmp_path / "older.safetensors"), metadata={**meta, "config": json.dumps(config)})
+    loaded = plaindet.load(tmp_path / "older.safetensors", device="cpu")
+    assert loaded.config.query_nms == 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images())["boxes"], model(images())["boxes"])

@@ -97,7 +97,10 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a dataclass config from :func:`to_dict`'s output, strictly."""
+    """Rebuild a dataclass config from :func:`to_dict`'s output, strictly. A field in the class's
+    ``ADDED_FIELDS`` (``{name: value}``: fields added with a default that changes behaviour) that
+    ``data`` lacks takes that value, what a file written before the field existed meant."""
+    data = {**getattr(cls, "ADDED_FIELDS", {}), **data}
     return apply_overrides(cls(), data, where=cls.__name__)
 
 
