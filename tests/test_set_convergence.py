@@ -394,3 +394,34 @@ def test_a_checkpoint_from_before_distinct_queries_loads_without_them(tmp_path):
     assert loaded.config.query_nms == 0.0
     with torch.no_grad():
         torch.testing.assert_close(loaded(images())["boxes"], model(images())["boxes"])
+
+
+def test_resuming_a_run_begun_before_distinct_queries_continues_without_them(tiny_shapes, tmp_path):
+    """A run whose checkpoint predates ``query_nms`` resumes with the model it was training (plain
+    top-k selection), not with the new default; a new run gets the default."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from plaindet.engine.train import added_fields_missing, train
+    from plaindet.engine.train_config import TrainConfig
+
+    assert added_fields_missing("detr-r18", {"name": "detr-r18"}) == {"query_nms": 0.0}
+    assert added_fields_missing("detr-r18", {"query_nms": 0.7}) == {} and added_fields_missing("plaindet-t", {}) == {}
+    small = {k: v for k, v in TINY.items() if k != "num_queries"}
+    cfg = TrainConfig(
+        model="detr-r18", data=str(tiny_shapes), train_split="valid", val_split="valid", out=str(tmp_path / "run"), epochs=2,
+        batch_size=4, image_size=64, amp="off", eval_every=0, warmup_steps=1, model_overrides=small,
+    )  # fmt: skip
+    train(TrainConfig(**{**cfg.__dict__, "max_steps": 1}))
+    last = tmp_path / "run" / "last.safetensors"
+    with safe_open(str(last), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert json.loads(meta["config"])["query_nms"] == 0.7  # a new run: the default
+    config = json.loads(meta["config"])
+    del config["query_nms"]  # as a checkpoint written before the field existed
+    save_file(state, str(last), metadata={**meta, "config": json.dumps(config)})
+    train(TrainConfig(**{**cfg.__dict__, "max_steps": 2, "resume": "auto"}))
+    with safe_open(str(last), "pt") as f:
+        assert json.loads(f.metadata()["config"])["query_nms"] == 0.0

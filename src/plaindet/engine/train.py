@@ -69,6 +69,15 @@ def load_splits(cfg: TrainConfig):
     return train, val
 
 
+def added_fields_missing(model: str, stored: dict) -> dict:
+    """The model-config fields added since ``stored`` (a checkpoint's model config) was written, with
+    the value that meant (the config class's ``ADDED_FIELDS``): what resuming must rebuild with."""
+    from plaindet.models.factory import model_config
+
+    added = getattr(type(model_config(model)), "ADDED_FIELDS", {})
+    return {k: v for k, v in added.items() if k not in stored}
+
+
 def _part(name: str) -> str:
     if ".lora_" in name:
         return "lora"
@@ -279,6 +288,8 @@ class _Run:
         overrides.setdefault("image_size", cfg.image_size)
         if cfg.lora_rank:
             overrides["lora"] = {"rank": cfg.lora_rank, "targets": cfg.lora_targets}
+        if ckpt is not None:  # a run begun before a field existed continues without it (exact resume)
+            overrides = {**added_fields_missing(cfg.model, ckpt.model_config), **overrides}
         self.model = create_model(
             cfg.model, class_names=self.train_set.class_names, category_ids=self.train_set.category_ids, backbone_weights=cfg.backbone_weights, **overrides
         )

@@ -693,10 +693,10 @@ class SetDetector(DetectionModel):
 def distinct_locations(scores: Tensor, boxes: Tensor, k: int, iou: float) -> Tensor:
     """The ``k`` best locations ``(B, k)`` by ``scores (B, S)``, distinct ones first: of the ``4 * k``
     best, a location whose box (``boxes (B, S, 4)`` xyxy) overlaps a better-scored candidate's by
-    more than ``iou`` (matrix NMS's one-pass rule: a dropped box still drops others) ranks behind
+    more than ``iou`` (Fast NMS's one-pass rule, YOLACT's: a dropped box still drops others) ranks behind
     every distinct one, in score order. Pure tensor ops (exportable)."""
     m = min(4 * k, scores.shape[1])
-    top, cand = scores.topk(m, dim=1)  # best first
+    _, cand = scores.topk(m, dim=1)  # best first
     cand_boxes = boxes.gather(1, cand[..., None].expand(-1, -1, 4))
     better = torch.ones(m, m, dtype=torch.bool, device=scores.device).triu(1)  # [i, j]: i scored above j
     dropped = ((box_iou(cand_boxes, cand_boxes) > iou) & better).any(1)  # (B, m)
