@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import copy
+import io
 import json
 import multiprocessing as mp
 import os

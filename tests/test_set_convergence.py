@@ -5,6 +5,8 @@ into the matching queries, the extra losses are what they say, inference is unch
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -325,7 +327,7 @@ def test_query_nms_selects_distinct_locations_first():
     # In the model: the selected anchors are the distinct locations' boxes.
     model = tiny(anchor_queries=True, dense_aux=True, query_selection=True, query_nms=0.7, loss={"classification": "focal"}).eval()
     logits = scores[..., None].expand(1, 4, 3)
-    anchors, idx = model.selected_anchors({"logits": logits, "boxes": boxes}, torch.zeros(1, 6, 4), 1, torch.tensor([40.0, 40.0]))
+    _, idx = model.selected_anchors({"logits": logits, "boxes": boxes}, torch.zeros(1, 6, 4), 1, torch.tensor([40.0, 40.0]))
     assert idx.tolist() == [[0, 2, 3, 1]]
     with torch.no_grad():
         assert model(images())["boxes"].shape == (2, 6, 4)
@@ -371,11 +373,6 @@ def test_the_convergence_options_are_the_default_and_detr_paper_turns_them_off()
 def test_a_checkpoint_from_before_distinct_queries_loads_without_them(tmp_path):
     """A config written before ``query_nms`` existed meant plain top-k selection: it loads so, and
     predicts as it did; a config that names the field keeps its value."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     from plaindet.config import from_dict, to_dict
     from plaindet.models.detr import DetrConfig
 
@@ -385,12 +382,9 @@ def test_a_checkpoint_from_before_distinct_queries_loads_without_them(tmp_path):
     del old["query_nms"]
     assert from_dict(DetrConfig, old).query_nms == 0.0
     assert from_dict(DetrConfig, {**old, "query_nms": 0.7}).query_nms == 0.7
-    with safe_open(str(path), "pt") as f:
-        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    config = json.loads(meta["config"])
-    del config["query_nms"]
-    save_file(state, str(tmp_path / "older.safetensors"), metadata={**meta, "config": json.dumps(config)})
-    loaded = plaindet.load(tmp_path / "older.safetensors", device="cpu")
+    assert saved_config(path)["query_nms"] == 0.0
+    drop_config_field(path, "query_nms")
+    loaded = plaindet.load(path, device="cpu")
     assert loaded.config.query_nms == 0.0
     with torch.no_grad():
         torch.testing.assert_close(loaded(images())["boxes"], model(images())["boxes"])
@@ -399,10 +393,7 @@ def test_a_checkpoint_from_before_distinct_queries_loads_without_them(tmp_path):
 def test_resuming_a_run_begun_before_distinct_queries_continues_without_them(tiny_shapes, tmp_path):
     """A run whose checkpoint predates ``query_nms`` resumes with the model it was training (plain
     top-k selection), not with the new default; a new run gets the default."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    import dataclasses
 
     from plaindet.engine.train import added_fields_missing, train
     from plaindet.engine.train_config import TrainConfig
@@ -414,14 +405,29 @@ def test_resuming_a_run_begun_before_distinct_queries_continues_without_them(tin
         model="detr-r18", data=str(tiny_shapes), train_split="valid", val_split="valid", out=str(tmp_path / "run"), epochs=2,
         batch_size=4, image_size=64, amp="off", eval_every=0, warmup_steps=1, model_overrides=small,
     )  # fmt: skip
-    train(TrainConfig(**{**cfg.__dict__, "max_steps": 1}))
+    train(dataclasses.replace(cfg, max_steps=1))
     last = tmp_path / "run" / "last.safetensors"
-    with safe_open(str(last), "pt") as f:
+    assert saved_config(last)["query_nms"] == 0.7  # a new run: the default
+    drop_config_field(last, "query_nms")  # as a checkpoint written before the field existed
+    train(dataclasses.replace(cfg, max_steps=2, resume="auto"))
+    assert saved_config(last)["query_nms"] == 0.0
+
+
+def saved_config(path) -> dict:
+    """The model config in a plaindet safetensors file's header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["config"])
+
+
+def drop_config_field(path, key: str) -> None:
+    """Rewrite ``path`` with ``key`` gone from its header's config, as a file older than the field."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
         meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    assert json.loads(meta["config"])["query_nms"] == 0.7  # a new run: the default
     config = json.loads(meta["config"])
-    del config["query_nms"]  # as a checkpoint written before the field existed
-    save_file(state, str(last), metadata={**meta, "config": json.dumps(config)})
-    train(TrainConfig(**{**cfg.__dict__, "max_steps": 2, "resume": "auto"}))
-    with safe_open(str(last), "pt") as f:
-        assert json.loads(f.metadata()["config"])["query_nms"] == 0.0
+    del config[key]
+    save_file(state, str(path), metadata={**meta, "config": json.dumps(config)})

@@ -50,13 +50,14 @@ def in_sample_warning(weights: str | Path, dataset: DetectionDataset) -> str | N
     from plaindet.data.shapes import parse_builtin
 
     record = Path(weights).resolve().parent / "config.yaml"
+    trained = None
     try:
         train = yaml.safe_load(record.read_text(encoding="utf-8"))["train"]
-        if parse_builtin(str(train["data"])) is not None:
-            raise UserError("trained on the built-in shapes set")
-        trained = load_dataset(train["data"], train["train_split"])
+        if parse_builtin(str(train["data"])) is None:
+            trained = load_dataset(train["data"], train["train_split"])
     except Exception as exc:  # no run folder, or its data moved: say what is not known
         log.debug("no usable training record for %s: %s", weights, exc)
+    if trained is None:
         return (
             f"{weights} has no training record that names readable data ({record}): if it trained on these images, "
             f"its predictions are in-sample: {_IN_SAMPLE_WHY}"
