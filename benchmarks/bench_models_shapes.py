@@ -40,6 +40,7 @@ ABLATIONS = {
     "no dense head": {"dense_aux": False, "query_selection": False},
     "no anchor queries": {"anchor_queries": False, "query_selection": False},
     "frozen BN": {"backbone_norm": "frozen_bn"},
+    "no distinct queries": {"query_nms": 0.0},
 }
 
 
