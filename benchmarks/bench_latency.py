@@ -1,6 +1,6 @@
 """CPU inference latency of the plaindet variants, and how close each comes to this CPU's limit.
 
-    python benchmarks/bench_latency.py [--size 640] [--threads 2] [--models plaindet-t plaindet-s plaindet-b] [--compare]
+    python benchmarks/bench_latency.py [--size 640] [--threads 2] [--models plaindet-t plaindet-s plaindet-b] [--compare] [--compile]
 
 One process, one run: first torch's own matrix-multiply peak on this machine with the same threads
 (fp32 and bf16, :func:`plaindet.export.benchmark.matmul_peak`), then for each model its parameters
@@ -9,7 +9,9 @@ per image (:func:`plaindet.flops.flop_counter`, 2 per multiply-add, attention in
 median and p90 latency at batch 1 (forward + top-k post-processing, no NMS), fp32 and bf16
 autocast, with the GFLOP/s achieved and their share of the peak of that precision. ``--compare``
 adds transformers' YOLOS-tiny and RT-DETR-R18 (random init from their configs, same input, same
-threads; their forward only, on float pixels). Random weights do not change the cost.
+threads; their forward only, on float pixels). ``--compile`` adds each plaindet model once more
+through ``torch.compile`` (compiled at the warm-up calls, which are not timed; the same FLOPs).
+Random weights do not change the cost.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compare", action="store_true", help="add transformers' YOLOS-tiny and RT-DETR-R18")
+    parser.add_argument("--compile", action="store_true", help="add each plaindet model through torch.compile")
     args = parser.parse_args()
 
     import plaindet
@@ -57,17 +60,21 @@ def main() -> None:
     print("| model | params | GFLOPs | fp32 median ms | p90 | GFLOP/s | of fp32 peak | bf16 median ms | p90 | GFLOP/s | of bf16 peak |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
 
-    entries = [(name, None) for name in args.models]
+    entries = [(name, None) for name in args.models] + ([(f"{name} (torch.compile)", "compile") for name in args.models] if args.compile else [])
     if args.compare:
         entries += [("YOLOS-tiny (transformers)", "yolos-tiny"), ("RT-DETR-R18 (transformers)", "rtdetr-r18")]
     latency = {}
     for label, ref in entries:
-        if ref is None:
-            model = plaindet.create_model(label, num_classes=80).eval()
+        if ref in (None, "compile"):
+            model = plaindet.create_model(label.split(" ")[0], num_classes=80).eval()
             params = count_parameters(model.config)
             x = torch.randint(0, 256, (1, 3, args.size, args.size), dtype=torch.uint8)
+            forward = torch.compile(model) if ref == "compile" else model
 
-            def call(model=model, x=x):
+            def call(model=model, forward=forward, x=x):
+                return model.postprocess(forward(x))
+
+            def counted(model=model, x=x):  # the eager graph: the same arithmetic, without compiling under the counter
                 return model.postprocess(model(x))
         else:
             model = reference_model(ref)
@@ -77,9 +84,11 @@ def main() -> None:
             def call(model=model, x=x):
                 return model(pixel_values=x)
 
+            counted = call
+
         model.requires_grad_(False)  # inference only; the counter's module hooks would track autograd otherwise
         with torch.inference_mode(), flop_counter() as counter:
-            call()
+            counted()
         gflops = counter.get_total_flops() / 1e9
         row = [label, f"{params / 1e6:.1f}M", f"{gflops:.1f}"]
         for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
@@ -90,10 +99,10 @@ def main() -> None:
             row += [f"{median * 1000:.0f}", f"{p90 * 1000:.0f}", f"{achieved:.0f}", f"{100 * achieved / peak[precision]:.0f}%"]
         print("| " + " | ".join(row) + " |", flush=True)
     if args.compare:
-        print("\n| latency ratio (model / peer, same precision) | " + " | ".join(f"{p} vs {lab}" for lab, _ in entries if _ for p in ("fp32", "bf16")) + " |")
-        print("|---|" + "---|" * (2 * sum(1 for _, r in entries if r)))
-        for name in args.models:
-            ratios = [f"{latency[(name, p)] / latency[(lab, p)]:.2f}x" for lab, r in entries if r for p in ("fp32", "bf16")]
+        print("\n| latency ratio (model / peer, same precision) | " + " | ".join(f"{p} vs {lab}" for lab, r in entries if r and r != "compile" for p in ("fp32", "bf16")) + " |")
+        print("|---|" + "---|" * (2 * sum(1 for _, r in entries if r and r != "compile")))
+        for name in [lab for lab, r in entries if r in (None, "compile")]:
+            ratios = [f"{latency[(name, p)] / latency[(lab, p)]:.2f}x" for lab, r in entries if r and r != "compile" for p in ("fp32", "bf16")]
             print(f"| {name} | " + " | ".join(ratios) + " |")
 
 

@@ -252,6 +252,30 @@ def _train(cfg: TrainConfig, on_epoch, datasets, world) -> dict:
     return run.finish()
 
 
+class CompiledOrEager:
+    """``module`` called through ``torch.compile``, or eagerly once compiling has failed.
+
+    Compilation happens at the first call (and again for a new input shape); if it raises (no C++
+    compiler, an operator the compiler lacks), a warning names the error and every later call runs
+    ``module`` eagerly. The failed call is then repeated eagerly, so an error of the model itself
+    still surfaces as the eager error. Parameters are shared: ``module``'s ``state_dict`` is unchanged.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self._call = torch.compile(module)
+        self.failed: str = ""
+
+    def __call__(self, *args, **kwargs):
+        if not self.failed:
+            try:
+                return self._call(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: the eager call below decides
+                self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                log.warning("compile: torch.compile failed (%s); training continues eagerly", self.failed)
+        return self.module(*args, **kwargs)
+
+
 class _Run:
     """A training run's state and its phases, called in order by :func:`_train`."""
 
@@ -316,6 +340,8 @@ class _Run:
             else self.model
         )
         self.final = self.ema.module if self.ema is not None else self.model  # the weights we evaluate and ship
+        # The training forward only: evaluation and export always run the eager model.
+        self.forward = CompiledOrEager(self.net) if cfg.compile else self.net
         if world.is_main:
             self._log_plan(steps_per_epoch)
         self.runlog = self._open_run_folder(resumed=ckpt is not None) if world.is_main else None
@@ -486,7 +512,7 @@ class _Run:
         sync = last_in_window or not self.world.distributed
         with self.net.no_sync() if not sync else contextlib.nullcontext():
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                outputs = self.net(images, targets)
+                outputs = self.forward(images, targets)
             losses = self.criterion(outputs, targets)
             bad = any_true(not bool(torch.isfinite(losses["loss"])), self.world)  # ranks skip together
             if not bad and not self._window_bad:

@@ -90,6 +90,7 @@ class TrainConfig:
     image_size: int = setting(640, help="Long side of the training images.")
     scales: list[int] = setting(help="Multi-scale training: long sides to pick from per batch.", factory=list, cli=False)
     amp: str = setting("bf16", help="Mixed precision: bf16, fp16 (GPU) or off.")
+    compile: bool = setting(False, help="torch.compile the training forward (and so its backward); falls back to eager, with a warning, where compiling fails (no C++ compiler, say).")
     workers: int = setting(0, help="Data-loading processes.")
     seed: int = setting(0, help="Seed of every random choice.")
     backbone_weights: str | None = setting(
@@ -135,7 +136,7 @@ class TrainConfig:
 
 
 # Settings a resumed run may change: how long it runs and how it reports, never what it computes.
-RESUME_OVERRIDABLE = ("out", "epochs", "max_steps", "time_limit", "eval_every", "save_every", "save_every_steps", "workers", "tensorboard", "log_every", "max_bad_steps", "device")
+RESUME_OVERRIDABLE = ("out", "epochs", "max_steps", "time_limit", "eval_every", "save_every", "save_every_steps", "workers", "tensorboard", "log_every", "max_bad_steps", "device", "compile")
 
 
 def resolve_config(given: dict[str, Any], config_file: str | Path | None = None, sets: dict[str, Any] | None = None) -> TrainConfig:
