@@ -133,6 +133,40 @@ def resumed_config(cfg: TrainConfig, stored: dict) -> TrainConfig:
     return dataclasses.replace(resumed, **changes, resume=cfg.resume)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a GPU that supports bf16, or a CPU
+    with AVX512-BF16 or AMX (oneDNN's own test). Elsewhere bf16 is emulated and many times slower
+    than fp32 (see :attr:`TrainConfig.amp`)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    mkldnn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if mkldnn is not None:
+        return bool(mkldnn())
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a :attr:`TrainConfig.amp` setting on ``device`` (``None``: fp32)."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("amp fp16 needs a CUDA GPU (its gradient scaler does not run on CPU); use bf16 or auto on CPU")
+    if amp == "auto":
+        if native_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def _amp_reason(dtype: torch.dtype | None, device: torch.device) -> str:
+    if dtype is torch.bfloat16:
+        return f"bf16 autocast ({device.type} with native bf16)"
+    if dtype is torch.float16:
+        return "fp16 autocast with a gradient scaler (this GPU has no native bf16)"
+    return "fp32 (this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 runs many times slower than fp32; --amp bf16 forces it)"
+
+
 class _StopSignals:
     """Turn SIGINT/SIGTERM into a flag the loop checks between steps; a second signal interrupts at once."""
 
@@ -294,9 +328,9 @@ class _Run:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.device = world.device
-        if cfg.amp == "fp16" and self.device.type != "cuda":
-            raise ConfigError("amp fp16 needs a CUDA GPU (its gradient scaler does not run on CPU); use bf16 on CPU")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[cfg.amp]
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
+        if world.is_main and cfg.amp == "auto":
+            log.info("amp auto: %s", _amp_reason(self.amp_dtype, self.device))
 
         # Data: every process builds the same datasets and loads its share of each global batch.
         self.train_set, self.val_set = datasets if datasets is not None else load_splits(cfg)
