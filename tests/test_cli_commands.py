@@ -351,7 +351,8 @@ def test_benchmark_command_measures_every_backend_in_its_own_process(tmp_path):
         assert achieved[b] == pytest.approx(gflops[b] / (median[b] / 1000), rel=0.6, abs=0.2), b
         share = rows[BACKENDS.index(b)][11]
         if b[1] in peaks:  # int8 has no matmul peak measured: no share
-            assert float(share.rstrip("%")) == pytest.approx(100 * achieved[b] / float(peaks[b[1]]), abs=1.0), b
+            # from the printed (rounded) figures: within rounding of the share, of GFLOP/s and of the peak
+            assert float(share.rstrip("%")) == pytest.approx(100 * achieved[b] / float(peaks[b[1]]), rel=0.02, abs=1.0), b
         else:
             assert share == "-", b
     assert all(50 < rss[b] < 4000 for b in BACKENDS)  # a whole Python process, in MB

@@ -162,20 +162,26 @@ def reference_model(name: str):
     raise ValueError(f"unknown reference model {name!r}: detr-r50, rtdetr-r18 or yolos-tiny")
 
 
-def matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048), runs: int = 5) -> dict[str, float]:
+def matmul_peak(threads: int, sizes: tuple[int, ...] = (512, 1024, 2048), runs: int = 5, max_seconds: float = 0.1) -> dict[str, float]:
     """This machine's matrix-multiply throughput with ``threads`` intra-op threads, in GFLOP/s:
     ``{"fp32": ..., "bf16": ...}``, the best median over square products of ``sizes`` (2 n^3 FLOPs
-    each). What a model's GFLOP/s is compared with: a model cannot run its products faster."""
+    each). What a model's GFLOP/s is compared with: a model cannot run its products faster.
+
+    Sizes are tried smallest first, and a larger one only while a product takes under
+    ``max_seconds``: on a CPU without native bf16 (emulated at a few GFLOP/s) one 2048-wide bf16
+    product takes 15 s, and the measured rate no longer grows with the size there."""
     import torch
 
     torch.set_num_threads(threads)
     peak = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         best = 0.0
-        for n in sizes:
+        for n in sorted(sizes):
             a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
             seconds = statistics.median(time_calls(lambda: torch.mm(a, b), runs, warmup=2))
             best = max(best, 2 * n**3 / seconds / 1e9)
+            if seconds > max_seconds:
+                break
         peak[name] = best
     return peak
 
@@ -281,6 +287,7 @@ def run_benchmark(
     if (model is None) == (weights is None):
         raise ValueError("give either a model name or a checkpoint (weights), not both")
     import numpy as np
+    import torch
 
     from plaindet.export.onnx import export_onnx
     from plaindet.export.quantize import calibration_images, quantize_onnx
@@ -313,9 +320,13 @@ def run_benchmark(
         static = quantize_onnx(fp32, folder / "int8-static.onnx", "int8-static", calib_images=calib)
         del net
 
+        from plaindet.engine.train import native_bf16
+
+        # Without AVX512-BF16 or AMX, bf16 is emulated: the row says so (it is measured all the same).
+        bf16_note = "autocast; weights in memory" + ("" if native_bf16(torch.device("cpu")) else "; emulated: no native bf16 on this CPU")
         specs = [
             (WorkerSpec("torch", "fp32", model=model or "", weights=weights or "", **common), "weights in memory"),
-            (WorkerSpec("torch", "bf16", model=model or "", weights=weights or "", **common), "autocast; weights in memory"),
+            (WorkerSpec("torch", "bf16", model=model or "", weights=weights or "", **common), bf16_note),
             (WorkerSpec("ort", "fp32", onnx=str(fp32), **common), "ONNX file"),
             (WorkerSpec("ort", "int8-dynamic", onnx=str(dynamic), **common), "ONNX file"),
             (WorkerSpec("ort", "int8-static", onnx=str(static), **common), f"ONNX file; {note}"),
@@ -360,7 +371,8 @@ def format_table(rows: list[BenchmarkRow], *, size: int, threads: int, weights: 
         f"{'img/s':>7} {'peak RSS MB':>12} {'vs first':>9} {'GFLOPs':>7} {'GFLOP/s':>8} {'of peak':>8}  note"
     )
     peaks = {r.precision: r.peak_gflops for r in rows if r.peak_gflops}
-    measured_peak = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
+    # Three significant digits: an emulated bf16 peak is a few GFLOP/s, where whole numbers lose the share.
+    measured_peak = ", ".join(f"{p} {g:.0f} GFLOP/s" if g >= 100 else f"{p} {g:.3g} GFLOP/s" for p, g in peaks.items())
     lines = [f"batch {base.batch}, {size}x{size}, {threads} threads; each row measured in a fresh process", header]
     if measured_peak:
         lines.insert(1, f"matmul peak in this run: {measured_peak}; GFLOPs: 2 per multiply-add, per batch")
