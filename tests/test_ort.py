@@ -159,10 +159,15 @@ def test_int8_static_calibrates_on_images_and_keeps_prediction_layers_float(expo
     matmul_outputs = {n.output[0] for n in layers if n.op_type == "MatMul"}
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] in matmul_outputs for n in proto.graph.node)  # float outputs
     assert {p.key: p.value for p in proto.metadata_props}["precision"] == "int8-static"
+    # 7-bit weights (reduce_range): full-range ones saturate the u8 x s8 kernels of CPUs without
+    # VNNI, where boxes moved by up to 6.8 px instead of 0.86 (a 2-core AVX2 EPYC).
+    weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) > 1]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
     ref, out = _run(exported, batch), _run(path, batch)
     assert out[1].shape == ref[1].shape
     assert np.abs(out[1] - ref[1]).max() < 0.1
-    # Activations are quantized too, so boxes move more: measured at most 1.0 px (median 0.18) of 128.
+    # Activations are quantized too, so boxes move more: measured at most 1.0 px (median 0.18) of 128
+    # on a VNNI Xeon, 0.86 (0.17) on an AVX2 EPYC.
     errors, ranks = _matched_box_errors(ref, out)
     assert errors.max() < 2.0 and np.median(errors) < 0.5 and ranks.max() < 40, (errors.max(), np.median(errors), ranks.max())
 
