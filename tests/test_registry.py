@@ -145,6 +145,18 @@ def test_flop_counter_counts_cpu_attention_and_meta_counts_equal_real_ones(measu
     measured("plaindet-t GFLOPs at 640x640 (2 per multiply-add)", f"{count_flops(config, 640) / 1e9:.1f}")
 
 
+@pytest.mark.parametrize("max_objects", [4, 9])
+def test_a_token_decoders_flops_from_three_short_decodings_equal_counting_every_step(max_objects):
+    """count_flops gets an autoregressive decoder's count from decodings of 1, 2 and 3 objects (a
+    quadratic in max_objects); counting all 3 * max_objects + 1 steps gives the same number."""
+    import dataclasses
+
+    from plaindet.models.factory import _count_flops, count_flops, model_config
+
+    config = dataclasses.replace(model_config("patchtok-ti"), max_objects=max_objects)
+    assert count_flops(config, (96, 128)) == _count_flops(config, (96, 128), 1) > _count_flops(dataclasses.replace(config, max_objects=3), (96, 128), 1)
+
+
 def test_detr_r50_flops_agree_with_the_published_figure(measured):
     """The DETR paper gives DETR-R50 86 GFLOPs, counted by fvcore (one multiply-add = one flop) over
     COCO val images at 800 px short side; a 4:3 image there is 800x1066. Our count is 2 per multiply-add."""

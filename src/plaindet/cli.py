@@ -368,7 +368,8 @@ def models_cmd() -> None:
         table.add_column(column, justify="left" if column in ("model", "what it is") else "right", no_wrap=column != "what it is", min_width=None if column == "what it is" else len(column))
     for name in list_models():
         config = model_config(name)
-        flops = [count_flops(config, 640) / 1e9, count_flops(config, config.image_size) / 1e9]
+        at_640 = count_flops(config, 640) / 1e9
+        flops = [at_640, at_640 if config.image_size == 640 else count_flops(config, config.image_size) / 1e9]
         table.add_row(name, f"{count_parameters(config) / 1e6:.1f}M", f"{flops[0]:.1f}", str(config.image_size), f"{flops[1]:.1f}", describe_model(name))
     Console().print(table)
 

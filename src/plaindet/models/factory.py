@@ -149,7 +149,21 @@ def count_flops(config: DetectionConfig, size: int | tuple[int, int] = 640, batc
     weights; 2 FLOPs per multiply-add, see that module for the convention). The
     patch-token decoder is counted at its full length (``3 * max_objects + 1`` steps), an upper
     bound of what an image costs.
+
+    A decoder that writes ``max_objects`` objects a token at a time (a config with that field)
+    costs a quadratic in it (step ``t`` attends to ``t`` cached tokens), so three short decodings
+    (1, 2 and 3 objects) give the full count exactly, in a tenth of the time of counting all its
+    steps (patchtok-ti at 640 px: 9 s); the registry tests check the two agree.
     """
+    m = getattr(config, "max_objects", None)
+    if m is not None and m > 3:
+        f1, f2, f3 = (_count_flops(dataclasses.replace(config, max_objects=k), size, batch) for k in (1, 2, 3))
+        # Newton's forward differences: exact for a quadratic.
+        return f1 + (m - 1) * (f2 - f1) + (m - 1) * (m - 2) // 2 * (f3 - 2 * f2 + f1)
+    return _count_flops(config, size, batch)
+
+
+def _count_flops(config: DetectionConfig, size: int | tuple[int, int], batch: int) -> int:
     from plaindet.flops import flop_counter
 
     h, w = (size, size) if isinstance(size, int) else size
