@@ -19,7 +19,8 @@ from plaindet.engine.evaluate import evaluate_coco
 # A randomly initialized ViT does not generalize in 40 steps (test-split AP50 stays under 0.02, as
 # does an untrained model's), so the test asks what such a run can show: the loss falls and the
 # saved model fits the images it was trained on (AP50 on them measured 0.54 to 0.69 over seeds
-# 0 to 3; an untrained model's is at most 0.003). About 15 s on a 2-core CPU.
+# 0 to 3 on a Xeon in bf16, 0.23 to 0.63 on an AVX2 EPYC in fp32, seed 3 the lowest on both; an
+# untrained model's is at most 0.003). About 15 s on a 2-core CPU.
 TOY = DemoSettings(
     train_images=8, val_images=2, test_images=6, epochs=20, batch_size=4, image_size=128, window_size=8, eval_size=128, lr=2e-2, samples_to_draw=2
 )
@@ -60,7 +61,7 @@ def test_demo_runs_every_stage_writes_its_outputs_and_learns(tmp_path):
     torch.manual_seed(3)
     untrained = model.config.build().eval()
     assert _ap50(untrained, train_split) < 0.02
-    assert _ap50(model, train_split) > 0.3
+    assert _ap50(model, train_split) > 0.15
 
 
 def test_demo_can_be_run_twice_into_the_same_folder(tmp_path):

@@ -11,7 +11,8 @@ which ``openai/clip-vit-base-patch16`` is a randomly initialized ViT-B/16 (nothi
   must be the one ``.ci/run`` runs.
 
 What is changed, so that the suite stays fast (and nothing else): every training run stops after
-two optimizer steps at 64 px (``_Run`` is capped below; ``torchrun`` commands get ``--max-steps 2
+two optimizer steps at 64 px on a built-in shapes set (``--data shapes``) of 24 images (``_Run``
+is capped below; ``torchrun`` commands get ``--max-steps 2
 --image-size 64 --batch-size 2`` appended), the demo runs at toy size, ``plaindet benchmark`` gets
 ``--size 64 --runs 1 --warmup 0``, and in the two-node ``torchrun`` example both nodes run on this
 machine (``HOST0`` is 127.0.0.1 on a free port, one process per node instead of 8).
@@ -99,7 +100,8 @@ def readme_env(workdir, monkeypatch):
     original = train_module._Run.__init__
 
     def capped(self, cfg, datasets, world):
-        original(self, dataclasses.replace(cfg, max_steps=2, image_size=64, batch_size=2), datasets, world)
+        small = dict(shapes_train=16, shapes_val=4, shapes_test=4)  # a built-in shapes set of 24 images, not 2,400
+        original(self, dataclasses.replace(cfg, max_steps=2, image_size=64, batch_size=2, **small), datasets, world)
 
     monkeypatch.setattr(train_module._Run, "__init__", capped)
     toy = functools.partial(plaindet.demo.DemoSettings, train_images=8, val_images=4, test_images=4, epochs=1, batch_size=4, samples_to_draw=1)
