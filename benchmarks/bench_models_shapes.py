@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--ablate", action="store_true", help="also train each set-prediction model with each convergence option off")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a model-config override for every model")
     ap.add_argument("--curve-every", type=int, default=1, help="epochs between learning-curve evaluations on valid (0: none)")
+    ap.add_argument("--lr", type=float, default=None, help="the peak learning rate of every model run (default: its family's, LR)")
+    ap.add_argument("--backbone-lr-mult", type=float, default=None, help="the backbone's learning-rate multiplier (default: TrainConfig's)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_models"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,6 +94,8 @@ def main() -> None:
         time_limit=0.0 if args.steps else args.minutes, max_steps=args.steps,
         augment={"crop": 0.0, "zoom_out": 0.0},
     )  # fmt: skip
+    if args.backbone_lr_mult is not None:
+        base = dataclasses.replace(base, backbone_lr_mult=args.backbone_lr_mult)
     datasets = load_splits(base)
     folder = builtin_shapes(train=base.shapes_train, val=base.shapes_val, test=base.shapes_test, seed=base.seed)
     if args.models == ["all"]:
@@ -103,7 +107,7 @@ def main() -> None:
     def run(name: str, variant: str, overrides: dict) -> dict:
         family = name.rsplit("-", 1)[0]
         folder_name = name if not variant else f"{name}-{variant.replace(' ', '-')}"
-        cfg = dataclasses.replace(base, model=name, model_overrides=overrides, lr=LR[family], out=str(args.out / folder_name))
+        cfg = dataclasses.replace(base, model=name, model_overrides=overrides, lr=args.lr or LR[family], out=str(args.out / folder_name))
         curve: list[tuple[int, float]] = []
         last = train(cfg, lambda r: curve.append((r["step"], r["AP"])) if "AP" in r else None, datasets=datasets)
         metrics = evaluate(folder, args.split, weights=Path(cfg.out) / "last.safetensors", image_size=args.size).metrics.stats
