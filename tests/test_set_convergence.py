@@ -364,7 +364,8 @@ def test_the_convergence_options_are_the_default_and_detr_paper_turns_them_off()
 
     for name in ("detr-r18", "detr-r50", "detr-bit50", "deperceiver-r18", "deperceiver-r50"):
         c = model_config(name)
-        assert (c.loss.classification, c.anchor_queries, c.dense_aux, c.query_selection, c.query_nms) == ("focal", True, True, True, 0.7), name
+        assert (c.loss.classification, c.anchor_queries, c.dense_aux, c.query_selection, c.query_nms, c.dense_inside) == ("focal", True, True, True, 0.7, True), name
+        assert getattr(c, "identity_init", True), name
     paper = model_config("detr-r50", **DETR_PAPER)
     assert (paper.loss.classification, paper.anchor_queries, paper.dense_aux, paper.query_selection, paper.query_nms) == ("softmax", False, False, False, 0.0)
     assert paper.backbone_norm == "frozen_bn"
@@ -398,8 +399,8 @@ def test_resuming_a_run_begun_before_distinct_queries_continues_without_them(tin
     from plaindet.engine.train import added_fields_missing, train
     from plaindet.engine.train_config import TrainConfig
 
-    assert added_fields_missing("detr-r18", {"name": "detr-r18"}) == {"query_nms": 0.0}
-    assert added_fields_missing("detr-r18", {"query_nms": 0.7}) == {} and added_fields_missing("plaindet-t", {}) == {}
+    assert added_fields_missing("detr-r18", {"name": "detr-r18"}) == {"query_nms": 0.0, "dense_inside": False}
+    assert added_fields_missing("detr-r18", {"query_nms": 0.7, "dense_inside": True}) == {} and added_fields_missing("plaindet-t", {}) == {}
     small = {k: v for k, v in TINY.items() if k != "num_queries"}
     cfg = TrainConfig(
         model="detr-r18", data=str(tiny_shapes), train_split="valid", val_split="valid", out=str(tmp_path / "run"), epochs=2,
@@ -431,3 +432,57 @@ def drop_config_field(path, key: str) -> None:
     config = json.loads(meta["config"])
     del config[key]
     save_file(state, str(path), metadata={**meta, "config": json.dumps(config)})
+
+
+def share_between_tokens(x: torch.Tensor) -> float:
+    """The share of ``x (B, S, D)``'s variance that differs between its ``S`` tokens."""
+    return float(x.var(dim=1).mean() / x.var())
+
+
+def test_identity_init_keeps_the_encoders_tokens_apart():
+    """Untrained, DETR's Xavier-initialized encoder adds the same uniform-attention average to every
+    token and each post-norm layer shrinks what tells the tokens apart; with ``identity_init`` the
+    attention's output projections start at zero and six layers keep most of it."""
+    from plaindet.models.detr import sine_position_embedding
+
+    g = torch.Generator().manual_seed(0)
+    # Tokens with a shared part, as an image's features have (a third of the variance between tokens).
+    x = torch.randn(2, 1, 32, generator=g) + 0.7 * torch.randn(2, 64, 32, generator=g)
+    pos = sine_position_embedding(8, 8, 32, x.device)[None]
+    shares = {}
+    for init in (False, True):
+        model = tiny(encoder_layers=6, identity_init=init).eval()
+        if init:
+            for layer in model.encoder.layers:
+                assert not layer.self_attn.out_proj.weight.any() and not layer.self_attn.out_proj.bias.any()
+        with torch.no_grad():
+            shares[init] = share_between_tokens(model.encoder(x, pos))
+    assert 0.25 < share_between_tokens(x) < 0.45
+    assert shares[True] > 0.15 and shares[False] < 0.07 and shares[True] > 3 * shares[False], shares
+    # Loaded weights replace the init: the two models then compute the same memory.
+    a, b = tiny(identity_init=True).eval(), tiny(identity_init=False).eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(a(images())["boxes"], b(images())["boxes"])
+
+
+def test_dense_inside_gives_an_object_only_locations_inside_it_or_the_nearest():
+    """With ``inside_only`` an object's dense positives are locations whose center lies inside its box,
+    and an object smaller than a cell gets just the location nearest its center; without it both
+    are filled up to ``aux_topk`` with outside locations."""
+    from plaindet.models.head import level_centers
+    from plaindet.models.one_to_one import OneToOneCriterion
+
+    centers = level_centers(8, 8, 32, torch.device("cpu"))  # (64, 2): a 256 px image at stride 32
+    boxes = torch.cat([centers - 40, centers + 40], -1)[None]  # every location's box: 80 px, centered
+    outputs = {"logits": torch.zeros(1, 64, 3), "boxes": boxes, "centers": centers}
+    target = {"boxes": torch.tensor([[40.0, 40.0, 140.0, 100.0], [213.0, 130.0, 236.0, 150.0]]), "labels": torch.tensor([0, 1]), "size": (256, 256)}
+    inside_large = {int(i) for i in torch.nonzero((centers[:, 0] > 40) & (centers[:, 0] < 140) & (centers[:, 1] > 40) & (centers[:, 1] < 100)).squeeze(1)}
+    nearest_small = int(((centers - torch.tensor([224.5, 140.0])) ** 2).sum(1).argmin())
+    assert len(inside_large) == 6 and not ((centers[:, 0] > 213) & (centers[:, 0] < 236)).any()
+
+    (pred, gt), = OneToOneCriterion(3, aux_topk=8, inside_only=True).match_many(outputs, [target])
+    assert {int(p) for p in pred[gt == 0]} == inside_large
+    assert [int(p) for p in pred[gt == 1]] == [nearest_small]
+    (pred, gt), = OneToOneCriterion(3, aux_topk=8).match_many(outputs, [target])
+    assert inside_large < {int(p) for p in pred[gt == 0]} and len(pred) == 16

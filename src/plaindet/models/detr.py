@@ -328,6 +328,14 @@ class SetDetectorConfig(DetectionConfig):
       objects rather than the neighbouring cells of one. Nearly equal queries on one object are
       what a one-to-one decoder finds hardest to tell apart (its duplicates); this removes them
       before the decoder instead of after it, so inference still needs no NMS.
+    - ``dense_inside`` (with ``dense_aux``): the dense head's positives for an object are only
+      locations whose center lies inside its box (its ``aux_topk`` cheapest among them), and an
+      object smaller than a cell, with none inside, gets the one nearest its center. Off, an object
+      with fewer than ``aux_topk`` centers inside is filled up with outside locations, as the
+      flagship's auxiliary head does at stride 8; at DETR's stride 32 that is most objects, and a
+      location's box, being distances to its own center, cannot reach an object it lies outside:
+      memorizing one batch of 8 shapes images the dense head's GIoU loss stayed at 0.85 after 20
+      steps with it off against 0.41 with it on.
     """
 
     name: str = "detr"
@@ -353,9 +361,11 @@ class SetDetectorConfig(DetectionConfig):
     query_selection: bool = True
     selected_content: bool = False
     query_nms: float = 0.7
+    dense_inside: bool = True
     image_size: int = 800
-    # A checkpoint written before distinct queries existed selected its queries without them.
-    ADDED_FIELDS: ClassVar[dict[str, Any]] = {"query_nms": 0.0}
+    # A checkpoint written before distinct queries (or inside-only dense targets) existed was
+    # trained without them.
+    ADDED_FIELDS: ClassVar[dict[str, Any]] = {"query_nms": 0.0, "dense_inside": False}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -682,7 +692,7 @@ class SetDetector(DetectionModel):
         return set_detections(outputs["logits"], outputs["boxes"], outputs["image_wh"], k)
 
     def criterion(self) -> nn.Module:
-        return SetCriterion(self.config.num_classes, self.config.loss, num_queries=self.config.num_queries)
+        return SetCriterion(self.config.num_classes, self.config.loss, num_queries=self.config.num_queries, dense_inside=self.config.dense_inside)
 
     def no_weight_decay(self) -> set[str]:
         c = self.config
@@ -740,11 +750,20 @@ class DetrConfig(SetDetectorConfig):
     """A DETR (see :class:`SetDetectorConfig` for the shared fields): ``encoder_layers`` of
     self-attention over the stride-32 features, or the stride-16 ones with ``dilation`` (the DETR
     paper's DC5 models: the ResNet's last stage dilated instead of strided, four times the memory
-    tokens for the same weights; better on small objects, about twice the encoder's cost)."""
+    tokens for the same weights; better on small objects, about twice the encoder's cost).
+
+    ``identity_init`` (a convergence option, on by default; weights loaded into the model replace it): every encoder
+    layer's self-attention output projection starts at zero, so the encoder starts as the identity
+    on what tells its tokens apart. With DETR's Xavier init the untrained attention is uniform: it
+    adds the same average to every token, and each post-norm layer halves the share of the
+    memory's variance that differs between tokens (0.36 at the input, 0.007 after six layers, on a
+    batch of shapes images with a random ResNet-18); the decoder and the dense head then read a
+    memory in which every location looks alike. A pretrained DETR's weights replace this init."""
 
     name: str = "detr-r50"
     encoder_layers: int = 6
     dilation: bool = False
+    identity_init: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -772,6 +791,10 @@ class DETR(SetDetector):
         self.encoder = TransformerEncoder(d, config.heads, config.ffn_dim, config.encoder_layers, config.dropout)
         self._build_decoder()
         xavier_init(self.encoder)
+        if config.identity_init:
+            for layer in self.encoder.layers:
+                nn.init.zeros_(layer.self_attn.out_proj.weight)
+                nn.init.zeros_(layer.self_attn.out_proj.bias)
         self._init_decoder()
         self._finish_init()
 

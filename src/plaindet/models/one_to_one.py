@@ -46,8 +46,9 @@ class OneToOneCriterion(nn.Module):
     detections by how well they are placed, which is what AP at high IoU thresholds rewards.
     """
 
-    def __init__(self, num_classes: int, weights: LossWeights = LossWeights(), aux_topk: int = 8, quality_targets: bool = False) -> None:
+    def __init__(self, num_classes: int, weights: LossWeights = LossWeights(), aux_topk: int = 8, quality_targets: bool = False, inside_only: bool = False) -> None:
         super().__init__()
+        self.inside_only = inside_only
         self.num_classes = num_classes
         self.w = weights
         self.aux_topk = aux_topk
@@ -87,7 +88,9 @@ class OneToOneCriterion(nn.Module):
     @torch.no_grad()
     def match_many(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
         """One-to-many: per image ``(pred_idx, gt_idx)``: each object's ``aux_topk`` cheapest locations
-        (among those whose center lies inside its box); a location claimed twice goes to the cheaper object."""
+        (among those whose center lies inside its box); a location claimed twice goes to the cheaper
+        object. An object with fewer inside is filled up with the cheapest outside locations, or
+        with ``inside_only`` is left with fewer (at least the location nearest its center)."""
         cost, gt = self.costs(outputs, targets)
         b, n_loc, g = cost.shape
         if g == 0:
@@ -95,8 +98,14 @@ class OneToOneCriterion(nn.Module):
             return [(empty, empty) for _ in targets]
         cx, cy = outputs["centers"][None, :, 0, None], outputs["centers"][None, :, 1, None]  # (1, L, 1)
         inside = (cx > gt[:, None, :, 0]) & (cx < gt[:, None, :, 2]) & (cy > gt[:, None, :, 1]) & (cy < gt[:, None, :, 3])
-        # Locations outside a box may still be chosen for tiny boxes with no center inside.
-        cost = cost + (~inside) * 1e4
+        if self.inside_only:
+            center = (gt[..., :2] + gt[..., 2:]) / 2  # (B, G, 2)
+            dist = (outputs["centers"][None, :, None] - center[:, None]).pow(2).sum(-1)  # (B, L, G)
+            nearest = torch.zeros_like(inside).scatter_(1, dist.argmin(1, keepdim=True), True)
+            cost = cost.masked_fill(~(inside | nearest), float("inf"))  # an inf pick is dropped below
+        else:
+            # Locations outside a box may still be chosen for tiny boxes with no center inside.
+            cost = cost + (~inside) * 1e4
         top = cost.topk(min(self.aux_topk, n_loc), dim=1, largest=False).indices  # (B, k, G)
         claimed = torch.zeros_like(cost, dtype=torch.bool).scatter_(1, top, True)  # padding columns cost inf: never chosen
         best_cost, best_gt = cost.masked_fill(~claimed, float("inf")).min(dim=2)  # (B, L)

@@ -129,9 +129,10 @@ class SetCriterion(nn.Module):
     divided by ``num_boxes``, the objects in the global batch.
     """
 
-    def __init__(self, num_classes: int, config: SetLossConfig | None = None, num_queries: int | None = None) -> None:
+    def __init__(self, num_classes: int, config: SetLossConfig | None = None, num_queries: int | None = None, dense_inside: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.dense_inside = dense_inside
         self.config = config or SetLossConfig()
         self.num_queries = num_queries
         weight = torch.ones(num_classes + 1)
@@ -258,14 +259,16 @@ class SetCriterion(nn.Module):
 
     def dense_losses(self, dense: dict[str, Tensor], targets: list[dict], image_wh: Tensor) -> dict[str, Tensor]:
         """The training-only dense head's one-to-many losses (Co-DETR's auxiliary head, with the dense
-        detector's assignment: each object's ``aux_topk`` cheapest locations inside its box): focal
+        detector's assignment: each object's ``aux_topk`` cheapest locations inside its box, only
+        those with ``dense_inside``; see :meth:`OneToOneCriterion.match_many`): focal
         classes, L1 of boxes normalized by the input size, GIoU."""
         from plaindet.models.one_to_one import LossWeights, OneToOneCriterion
 
         w = self.config
         size = (int(image_wh[1]), int(image_wh[0]))
         sized = [{"boxes": t["boxes"], "labels": t["labels"], "size": size} for t in targets]
-        head = OneToOneCriterion(self.num_classes, LossWeights(cls=w.class_weight, l1=w.l1_weight, giou=w.giou_weight, focal_alpha=w.focal_alpha, focal_gamma=w.focal_gamma))
+        weights = LossWeights(cls=w.class_weight, l1=w.l1_weight, giou=w.giou_weight, focal_alpha=w.focal_alpha, focal_gamma=w.focal_gamma)
+        head = OneToOneCriterion(self.num_classes, weights, inside_only=self.dense_inside)
         parts = head.one_to_many_loss(dense, sized)
         return {"loss_dense_ce": parts["cls"], "loss_dense_l1": parts["l1"], "loss_dense_giou": parts["giou"]}
 
