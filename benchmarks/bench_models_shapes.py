@@ -41,6 +41,8 @@ ABLATIONS = {
     "no anchor queries": {"anchor_queries": False, "query_selection": False},
     "frozen BN": {"backbone_norm": "frozen_bn"},
     "no distinct queries": {"query_nms": 0.0},
+    "dense targets outside": {"dense_inside": False},
+    "no identity init": {"identity_init": False},
 }
 
 
@@ -87,6 +89,7 @@ def main() -> None:
     from plaindet.engine.evaluate import evaluate
     from plaindet.engine.train import load_splits, train
     from plaindet.engine.train_config import TrainConfig
+    from plaindet.models.factory import model_config
 
     base = TrainConfig(
         data="shapes", shapes_train=1500, shapes_val=200, shapes_test=200, image_size=args.size, batch_size=8, epochs=100,
@@ -121,8 +124,10 @@ def main() -> None:
         result = run(name, "", common)
         ablations = {}
         if args.ablate and name.rsplit("-", 1)[0] in SET_FAMILIES:
+            fields = {f.name for f in dataclasses.fields(model_config(name))}
             for option, off in ABLATIONS.items():
-                ablations[option] = run(name, option, merge(common, off))["metrics"]["AP"]
+                if set(off) <= fields:  # identity_init is DETR's own
+                    ablations[option] = run(name, option, merge(common, off))["metrics"]["AP"]
         rows.append((name, result, ablations))
 
     extra = list(ABLATIONS) if args.ablate else []

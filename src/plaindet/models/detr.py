@@ -334,8 +334,8 @@ class SetDetectorConfig(DetectionConfig):
       with fewer than ``aux_topk`` centers inside is filled up with outside locations, as the
       flagship's auxiliary head does at stride 8; at DETR's stride 32 that is most objects, and a
       location's box, being distances to its own center, cannot reach an object it lies outside:
-      memorizing one batch of 8 shapes images the dense head's GIoU loss stayed at 0.85 after 20
-      steps with it off against 0.41 with it on.
+      memorizing one batch of 8 shapes images (``benchmarks/dense_head_memorize.py``) detr-r18's
+      dense GIoU loss was 0.703 after 20 steps with it off against 0.332 with it on.
     """
 
     name: str = "detr"
@@ -758,7 +758,10 @@ class DetrConfig(SetDetectorConfig):
     adds the same average to every token, and each post-norm layer halves the share of the
     memory's variance that differs between tokens (0.36 at the input, 0.007 after six layers, on a
     batch of shapes images with a random ResNet-18); the decoder and the dense head then read a
-    memory in which every location looks alike. A pretrained DETR's weights replace this init."""
+    memory in which every location looks alike, and training at lr 1e-4 did not pull it apart:
+    memorizing one batch (``benchmarks/dense_head_memorize.py``) the dense head's GIoU loss was
+    0.702 after 20 steps without it (the share stayed at 0.000) and 0.332 with it (0.177). A
+    pretrained DETR's weights replace this init."""
 
     name: str = "detr-r50"
     encoder_layers: int = 6
