@@ -47,7 +47,8 @@ def main() -> None:
         root = args.out or Path(tmp)
         data = ensure_shapes(root / "data", train=s.train_images, val=s.val_images, test=s.test_images, seed=args.seed)
         torch.manual_seed(args.seed)
-        record = train(demo_config(s, data, root / "run", args.seed, time_limit=args.minutes))
+        record: dict = {}  # the last epoch's (train returns the best one's)
+        train(demo_config(s, data, root / "run", args.seed, time_limit=args.minutes), record.update)
         valid = load_dataset(data, split="valid")
         model = load_model(root / "run" / "best.safetensors")
         stats = evaluate_coco(valid, predict_dataset(model, valid)).stats

@@ -41,6 +41,7 @@ def main() -> None:
     from plaindet.data.collate import make_loader
     from plaindet.data.shapes import ensure_shapes
     from plaindet.data.transforms import TransformedDataset, train_transform
+    from plaindet.models.detr import input_wh
     from plaindet.models.factory import create_model
 
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -65,7 +66,7 @@ def main() -> None:
         features = model.backbone(model.normalize(images))
         memory = model.encode(features)[0]
         dense = model.dense_head(model.dense_maps(features, memory))
-        parts = criterion.dense_losses(dense, batch["targets"], torch.tensor([images.shape[-1], images.shape[-2]]))
+        parts = criterion.dense_losses(dense, batch["targets"], input_wh(images))
         if step % args.every == 0:
             with torch.no_grad():
                 size = (dense["boxes"][..., 2:] - dense["boxes"][..., :2]).mean()

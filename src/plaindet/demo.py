@@ -178,7 +178,8 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings | None = Non
     budget = f", at most {time_limit:.1f} min" if time_limit else ""
     console.rule(f"4. training plaindet-t for {s.epochs} epochs on {s.train_images} images{budget} ({precision})")
     torch.manual_seed(seed)
-    record = train(demo_config(s, data_dir, out / "run", seed, time_limit=time_limit))
+    record: dict = {}  # the last epoch's (train returns the best one's)
+    train(demo_config(s, data_dir, out / "run", seed, time_limit=time_limit), record.update)
     console.print(f"  {record['step']} steps in {record['time'] / 60:.1f} min")
 
     console.rule(f"5. evaluation on the {len(test)} test images at {s.eval_size} px")
