@@ -2,7 +2,7 @@
 
     python benchmarks/coco128_overfit.py [--model plaindet-t] [--images 16] [--epochs 100]
         [--image-size 512] [--target 0.9] [--set FIELD=JSON ...]
-        [--data ../shared/data/coco128/object_detection/config.yaml]
+        [--data ../shared/data/coco128/object_detection/config.yaml] [--diagnose WEIGHTS]
 
 A sanity check of the whole pipeline on real photos (80 COCO classes, small and crowded objects):
 a detector that cannot memorize 16 images has a bug, or a recipe that does not learn. It prints
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a model-config override")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--diagnose", default=None, metavar="WEIGHTS", help="only print the diagnosis of this checkpoint (no training)")
     args = parser.parse_args()
 
     from plaindet.data import load_dataset
@@ -51,6 +52,9 @@ def main() -> None:
     data = load_dataset(args.data, split="train")
     data.samples = data.samples[: args.images]
     print(f"{len(data)} images, {sum(len(s.boxes) for s in data)} boxes, {data.num_classes} classes")
+    if args.diagnose:
+        print(diagnose(Path(args.diagnose), data, args.image_size))
+        return
     from bench_models_shapes import parse_sets  # the one --set parser of the benchmarks
 
     overrides = parse_sets(args.set)
@@ -88,35 +92,77 @@ def main() -> None:
 def diagnose(weights: Path, data, image_size: int) -> str:
     """Where the best checkpoint's errors are: of each image's top ``n`` detections (``n`` = its
     labels), how many find a label (same class, IoU >= 0.5, each label once), and what the others
-    are: a duplicate of a found object (same class), a wrong class on a label, or background."""
+    are: a duplicate of a found object (same class), a wrong class on a label, a loose box (IoU 0.1
+    to 0.5 with a label) or background.
+
+    For a set-prediction model whose decoder starts from its dense head's boxes (``query_selection``),
+    the same count for the dense head alone (its scores and boxes, greedy class-wise NMS at IoU 0.5):
+    when the dense head finds far more than the decoder, the decoder's ranking is what fails."""
+    import numpy as np
+
     import plaindet
+    from plaindet.data.images import image_size as read_image_size
     from plaindet.ops.boxes import box_iou
 
     model = plaindet.load(weights, device="cpu")
-    found = dup = wrong = background = total = 0
+    dense_head = getattr(model, "dense_head", None) if getattr(model.config, "query_selection", False) else None
+    captured: dict = {}
+    if dense_head is not None:
+        dense_head.register_forward_hook(lambda module, args, out: captured.update(out))
+    counts = {"decoder": np.zeros(5, dtype=int), "dense": np.zeros(5, dtype=int)}  # found, duplicate, wrong, loose, background
+    total = 0
     for sample in data.samples:
         det = model.predict(str(sample.image_path), threshold=0.0, image_size=image_size)
-        n = len(sample.boxes)
-        total += n
-        order = torch.as_tensor(det.scores).argsort(descending=True)[:n]
-        iou = box_iou(torch.as_tensor(sample.boxes, dtype=torch.float32), torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4))
-        labels, pred_labels = torch.as_tensor(sample.labels), torch.as_tensor(det.labels)
-        used: set[int] = set()
-        for j in order.tolist():
-            over = iou[:, j] >= 0.5
-            same = over & (labels == pred_labels[j])
-            free = [k for k in same.nonzero().flatten().tolist() if k not in used]
-            if free:
-                used.add(max(free, key=lambda k: iou[k, j].item()))
-            elif same.any():
-                dup += 1
-            elif over.any():
-                wrong += 1
-            else:
-                background += 1
-        found += len(used)
-    return (f"diagnosis: each image's top n detections (n = its labels) find {found} of {total} labels; the other "
-            f"{total - found}: {dup} duplicates of a found object, {wrong} wrong class, {background} background")
+        gt_boxes = torch.as_tensor(sample.boxes, dtype=torch.float32)
+        gt_labels = torch.as_tensor(sample.labels)
+        total += len(sample.boxes)
+        counts["decoder"] += _count(gt_boxes, gt_labels, torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4), torch.as_tensor(det.labels), torch.as_tensor(det.scores), box_iou)
+        if dense_head is not None:
+            width, height = read_image_size(sample.image_path)
+            scale = max(width, height) / image_size  # predict resizes the long side and pads bottom/right
+            scores, labels = captured["logits"][0].float().sigmoid().max(-1)
+            boxes = captured["boxes"][0].float() * scale
+            keep = _class_nms(boxes, scores, labels, box_iou)
+            counts["dense"] += _count(gt_boxes, gt_labels, boxes[keep], labels[keep], scores[keep], box_iou)
+    lines = []
+    for name, (found, dup, wrong, loose, background) in counts.items():
+        if name == "dense" and dense_head is None:
+            continue
+        what = "each image's top n detections (n = its labels)" if name == "decoder" else "the dense head alone (class-wise NMS at 0.5), its top n"
+        lines.append(f"diagnosis, {what}: find {found} of {total} labels; the other {total - found}: {dup} duplicates of a found object, {wrong} wrong class, {loose} loose boxes (IoU 0.1-0.5 with a label), {background} background")
+    return "\n".join(lines)
+
+
+def _count(gt_boxes, gt_labels, boxes, labels, scores, box_iou) -> "np.ndarray":
+    """``[found, duplicate, wrong class, loose, background]`` among the top ``len(gt_boxes)`` of
+    ``boxes``: loose overlaps a label by IoU 0.1 to 0.5, background by less."""
+    import numpy as np
+
+    order = scores.argsort(descending=True)[: len(gt_boxes)]
+    iou = box_iou(gt_boxes, boxes)
+    used: set[int] = set()
+    out = np.zeros(5, dtype=int)
+    for j in order.tolist():
+        over = iou[:, j] >= 0.5
+        same = over & (gt_labels == labels[j])
+        free = [k for k in same.nonzero().flatten().tolist() if k not in used]
+        if free:
+            used.add(max(free, key=lambda k: iou[k, j].item()))
+        else:
+            out[1 if same.any() else 2 if over.any() else 3 if (iou[:, j] >= 0.1).any() else 4] += 1
+    out[0] = len(used)
+    return out
+
+
+def _class_nms(boxes, scores, labels, box_iou, iou: float = 0.5, candidates: int = 300):
+    """Greedy class-wise NMS over the ``candidates`` best-scored locations; kept indices, best first."""
+    order = scores.argsort(descending=True)[:candidates]
+    overlaps = box_iou(boxes[order], boxes[order]) * (labels[order][:, None] == labels[order][None, :])
+    kept: list[int] = []
+    for pos in range(len(order)):
+        if all(overlaps[pos, k] < iou for k in kept):
+            kept.append(pos)
+    return order[kept]
 
 
 if __name__ == "__main__":
