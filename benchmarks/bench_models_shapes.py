@@ -36,11 +36,12 @@ SET_FAMILIES = ("detr", "deperceiver")
 # Each set-prediction convergence option on by default, switched off (with what depends on it).
 ABLATIONS = {
     "softmax classes": {"loss": {"classification": "softmax", "class_weight": 1.0}},
-    "no query selection": {"query_selection": False},
-    "no dense head": {"dense_aux": False, "query_selection": False},
-    "no anchor queries": {"anchor_queries": False, "query_selection": False},
+    "no query selection": {"query_selection": False, "query_nms": 0.0, "selected_content": False},
+    "no dense head": {"dense_aux": False, "query_selection": False, "query_nms": 0.0, "selected_content": False},
+    "no anchor queries": {"anchor_queries": False, "query_selection": False, "query_nms": 0.0, "selected_content": False},
     "frozen BN": {"backbone_norm": "frozen_bn"},
     "no distinct queries": {"query_nms": 0.0},
+    "no selected content": {"selected_content": False},
     "dense targets outside": {"dense_inside": False},
     "no identity init": {"identity_init": False},
 }

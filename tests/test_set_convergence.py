@@ -364,10 +364,10 @@ def test_the_convergence_options_are_the_default_and_detr_paper_turns_them_off()
 
     for name in ("detr-r18", "detr-r50", "detr-bit50", "deperceiver-r18", "deperceiver-r50"):
         c = model_config(name)
-        assert (c.loss.classification, c.anchor_queries, c.dense_aux, c.query_selection, c.query_nms, c.dense_inside) == ("focal", True, True, True, 0.7, True), name
+        assert (c.loss.classification, c.anchor_queries, c.dense_aux, c.query_selection, c.query_nms, c.dense_inside, c.selected_content) == ("focal", True, True, True, 0.7, True, True), name
         assert getattr(c, "identity_init", True), name
     paper = model_config("detr-r50", **DETR_PAPER)
-    assert (paper.loss.classification, paper.anchor_queries, paper.dense_aux, paper.query_selection, paper.query_nms) == ("softmax", False, False, False, 0.0)
+    assert (paper.loss.classification, paper.anchor_queries, paper.dense_aux, paper.query_selection, paper.query_nms, paper.selected_content) == ("softmax", False, False, False, 0.0, False)
     assert paper.backbone_norm == "frozen_bn"
 
 
@@ -399,8 +399,8 @@ def test_resuming_a_run_begun_before_distinct_queries_continues_without_them(tin
     from plaindet.engine.train import added_fields_missing, train
     from plaindet.engine.train_config import TrainConfig
 
-    assert added_fields_missing("detr-r18", {"name": "detr-r18"}) == {"query_nms": 0.0, "dense_inside": False}
-    assert added_fields_missing("detr-r18", {"query_nms": 0.7, "dense_inside": True}) == {} and added_fields_missing("plaindet-t", {}) == {}
+    assert added_fields_missing("detr-r18", {"name": "detr-r18"}) == {"query_nms": 0.0, "dense_inside": False, "selected_content": False}
+    assert added_fields_missing("detr-r18", {"query_nms": 0.7, "dense_inside": True, "selected_content": True}) == {} and added_fields_missing("plaindet-t", {}) == {}
     small = {k: v for k, v in TINY.items() if k != "num_queries"}
     cfg = TrainConfig(
         model="detr-r18", data=str(tiny_shapes), train_split="valid", val_split="valid", out=str(tmp_path / "run"), epochs=2,
