@@ -60,6 +60,21 @@ def parse_sets(items: list[str]) -> dict:
     return overrides
 
 
+def ablation_overrides(name: str, common: dict) -> dict[str, dict]:
+    """Each :data:`ABLATIONS` option that model ``name`` has, as the config overrides of its run
+    (``common`` with the option switched off), every one checked by building its config, so a
+    combination the config refuses fails here, before any training."""
+    from plaindet.models.factory import model_config
+
+    fields = {f.name for f in dataclasses.fields(model_config(name))}
+    out = {}
+    for option, off in ABLATIONS.items():
+        if set(off) <= fields:  # identity_init is DETR's own
+            out[option] = merge(common, off)
+            model_config(name, **out[option])
+    return out
+
+
 def merge(a: dict, b: dict) -> dict:
     """``b`` over ``a``, nested dicts merged."""
     out = dict(a)
@@ -90,7 +105,6 @@ def main() -> None:
     from plaindet.engine.evaluate import evaluate
     from plaindet.engine.train import load_splits, train
     from plaindet.engine.train_config import TrainConfig
-    from plaindet.models.factory import model_config
 
     base = TrainConfig(
         data="shapes", shapes_train=1500, shapes_val=200, shapes_test=200, image_size=args.size, batch_size=8, epochs=100,
@@ -120,15 +134,11 @@ def main() -> None:
               + ", ".join(f"{s}: {a:.3f}" for s, a in curve), flush=True)  # fmt: skip
         return {"lr": cfg.lr, "steps": last["step"], "step_s": last["time"] / max(last["step"], 1), "metrics": metrics, "curve": curve}
 
+    planned = {name: ablation_overrides(name, common) if args.ablate and name.rsplit("-", 1)[0] in SET_FAMILIES else {} for name in args.models}
     rows = []
     for name in args.models:
         result = run(name, "", common)
-        ablations = {}
-        if args.ablate and name.rsplit("-", 1)[0] in SET_FAMILIES:
-            fields = {f.name for f in dataclasses.fields(model_config(name))}
-            for option, off in ABLATIONS.items():
-                if set(off) <= fields:  # identity_init is DETR's own
-                    ablations[option] = run(name, option, merge(common, off))["metrics"]["AP"]
+        ablations = {option: run(name, option, overrides)["metrics"]["AP"] for option, overrides in planned[name].items()}
         rows.append((name, result, ablations))
 
     extra = list(ABLATIONS) if args.ablate else []

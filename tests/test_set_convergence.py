@@ -486,3 +486,26 @@ def test_dense_inside_gives_an_object_only_locations_inside_it_or_the_nearest():
     assert [int(p) for p in pred[gt == 1]] == [nearest_small]
     (pred, gt), = OneToOneCriterion(3, aux_topk=8).match_many(outputs, [target])
     assert inside_large < {int(p) for p in pred[gt == 0]} and len(pred) == 16
+
+
+def test_every_ablation_of_the_shapes_benchmark_is_a_config_the_model_accepts():
+    """``bench_models_shapes.py --ablate`` switches each default convergence option off; each
+    switch (with what depends on it) must be a config the model builds, or the benchmark fails
+    after its first twenty-minute run. Each also changes the default."""
+    import importlib.util
+    from pathlib import Path
+
+    from plaindet.config import to_dict
+    from plaindet.models.factory import model_config
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_models_shapes.py"
+    spec = importlib.util.spec_from_file_location("bench_models_shapes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name in ("detr-r18", "deperceiver-r18"):
+        planned = bench.ablation_overrides(name, {})
+        assert "no selected content" in planned and "no query selection" in planned, name
+        assert ("no identity init" in planned) == name.startswith("detr"), name
+        default = to_dict(model_config(name))
+        for option, overrides in planned.items():
+            assert to_dict(model_config(name, **overrides)) != default, (name, option)
