@@ -314,7 +314,8 @@ class SetDetectorConfig(DetectionConfig):
     - ``query_selection``: the dense head's best locations become the queries' anchors (DINO's mixed
       query selection, the two-stage scheme of Deformable DETR and RT-DETR): the ``min(num_queries,
       S)`` memory locations of highest class score give their predicted boxes (detached) as anchors,
-      the learned anchors fill the rest, and the content stays learned. The decoder then starts from
+      the learned anchors fill the rest (their content is learned; the selected ones' is too unless
+      ``selected_content``). The decoder then starts from
       boxes that are already near the objects instead of learning where objects are through 100
       free embeddings, the slow part of DETR's training. The dense head runs at inference too (it
       is part of the exported graph). Needs ``anchor_queries`` and ``dense_aux``;
