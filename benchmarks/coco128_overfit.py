@@ -102,7 +102,6 @@ def diagnose(weights: Path, data, image_size: int) -> str:
 
     import plaindet
     from plaindet.data.images import image_size as read_image_size
-    from plaindet.ops.boxes import box_iou
 
     model = plaindet.load(weights, device="cpu")
     dense_head = getattr(model, "dense_head", None) if getattr(model.config, "query_selection", False) else None
@@ -116,14 +115,14 @@ def diagnose(weights: Path, data, image_size: int) -> str:
         gt_boxes = torch.as_tensor(sample.boxes, dtype=torch.float32)
         gt_labels = torch.as_tensor(sample.labels)
         total += len(sample.boxes)
-        counts["decoder"] += _count(gt_boxes, gt_labels, torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4), torch.as_tensor(det.labels), torch.as_tensor(det.scores), box_iou)
+        counts["decoder"] += _count(gt_boxes, gt_labels, torch.as_tensor(det.boxes, dtype=torch.float32).reshape(-1, 4), torch.as_tensor(det.labels), torch.as_tensor(det.scores))
         if dense_head is not None:
             width, height = read_image_size(sample.image_path)
             scale = max(width, height) / image_size  # predict resizes the long side and pads bottom/right
             scores, labels = captured["logits"][0].float().sigmoid().max(-1)
             boxes = captured["boxes"][0].float() * scale
-            keep = _class_nms(boxes, scores, labels, box_iou)
-            counts["dense"] += _count(gt_boxes, gt_labels, boxes[keep], labels[keep], scores[keep], box_iou)
+            keep = _class_nms(boxes, scores, labels)
+            counts["dense"] += _count(gt_boxes, gt_labels, boxes[keep], labels[keep], scores[keep])
     lines = []
     for name, (found, dup, wrong, loose, background) in counts.items():
         if name == "dense" and dense_head is None:
@@ -133,10 +132,12 @@ def diagnose(weights: Path, data, image_size: int) -> str:
     return "\n".join(lines)
 
 
-def _count(gt_boxes, gt_labels, boxes, labels, scores, box_iou) -> "np.ndarray":
+def _count(gt_boxes, gt_labels, boxes, labels, scores) -> "np.ndarray":
     """``[found, duplicate, wrong class, loose, background]`` among the top ``len(gt_boxes)`` of
     ``boxes``: loose overlaps a label by IoU 0.1 to 0.5, background by less."""
     import numpy as np
+
+    from plaindet.ops.boxes import box_iou
 
     order = scores.argsort(descending=True)[: len(gt_boxes)]
     iou = box_iou(gt_boxes, boxes)
@@ -154,8 +155,10 @@ def _count(gt_boxes, gt_labels, boxes, labels, scores, box_iou) -> "np.ndarray":
     return out
 
 
-def _class_nms(boxes, scores, labels, box_iou, iou: float = 0.5, candidates: int = 300):
+def _class_nms(boxes, scores, labels, iou: float = 0.5, candidates: int = 300):
     """Greedy class-wise NMS over the ``candidates`` best-scored locations; kept indices, best first."""
+    from plaindet.ops.boxes import box_iou
+
     order = scores.argsort(descending=True)[:candidates]
     overlaps = box_iou(boxes[order], boxes[order]) * (labels[order][:, None] == labels[order][None, :])
     kept: list[int] = []

@@ -325,11 +325,12 @@ class SetDetectorConfig(DetectionConfig):
       shared by every query: a query knows what it looks at before its first cross-attention, so
       the class need not be found by attention alone, and queries on neighbouring locations of one
       object differ from the start, so the decoder can learn which one to score (with a shared
-      learned content they differ only in their anchors' position embeddings). On by default: memorizing 16 coco128
-      images, deperceiver-r18 reached AP50 0.934 at epoch 60 with it, against 0.096 at epoch 60 and
-      0.714 at best (epoch 190) without; its decoder's top detections then found 56 of the 72
-      labels, against 22 (``benchmarks/coco128_overfit.py``, README "Every family"). (Measured
-      before ``identity_init`` existed, when DETR's memory had collapsed, it had not helped.)
+      learned content they differ only in their anchors' position embeddings). On by default:
+      memorizing 16 coco128 images, deperceiver-r18 reached AP50 0.934 at epoch 60 with it,
+      against 0.096 at epoch 60 and 0.714 at best (epoch 190) without; its decoder's top detections
+      then found 56 of the 72 labels, against 22 (``benchmarks/coco128_overfit.py``, README "Every
+      family"). Measured before ``identity_init`` existed, when DETR's memory had collapsed, it had
+      not helped.
     - ``query_nms`` (with ``query_selection``; 0: off): distinct queries (DDQ, Zhang et al. 2023): of
       the dense head's ``4 * num_queries`` best locations, one whose box overlaps a better one's by
       more than this IoU goes behind every distinct one, so the selected anchors are distinct
