@@ -328,7 +328,7 @@ BACKENDS = [("pytorch", "fp32"), ("pytorch", "bf16"), ("onnxruntime", "fp32"), (
 
 def test_benchmark_command_measures_every_backend_in_its_own_process(tmp_path):
     keep = tmp_path / "onnx"
-    result = invoke("benchmark", "--model", "plaindet-t", "--size", 64, "--runs", 1, "--warmup", 0, "--threads", 1, "--keep-onnx", keep)
+    result = invoke("benchmark", "--model", "plaindet-t", "--size", 64, "--runs", 1, "--warmup", 0, "--threads", 1, "--keep-onnx", keep, "--bf16", "on")
     assert result.exit_code == 0, result.output
     assert "measuring plaindet-t ort int8-static" in result.stderr  # progress on stderr, the table on stdout
     title, peak_line, header, *lines, legend = result.stdout.strip().splitlines()
@@ -364,6 +364,23 @@ def test_benchmark_command_measures_every_backend_in_its_own_process(tmp_path):
         assert size[("onnxruntime", name)] == pytest.approx((keep / f"{name}.onnx").stat().st_size / 2**20, abs=0.06)
     assert size[("onnxruntime", "int8-dynamic")] < 0.5 * size[("onnxruntime", "fp32")]
     assert rows[4][12].endswith("random calibration: speed only")
+
+
+def test_benchmark_leaves_out_emulated_bf16_unless_asked(monkeypatch):
+    """On a CPU without native bf16 one plaindet-s bf16 row took minutes (emulated products); by
+    default those rows are left out, and the progress log says why."""
+    import plaindet.engine.train as train_module
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
+    args = ("benchmark", "--model", "plaindet-t", "--size", 32, "--runs", 1, "--warmup", 0, "--threads", 1)
+    for extra in ((), ("--bf16", "off")):
+        result = invoke(*args, *extra)
+        assert result.exit_code == 0, result.output
+        rows = [line.split()[:3] for line in result.stdout.splitlines() if line.startswith("plaindet-t ")]
+        assert [r[2] for r in rows if r[1] == "pytorch"] == ["fp32"] and len(rows) == 4, result.stdout
+        assert ("no native bf16" in result.stderr) == (not extra), result.stderr
+    result = invoke(*args, "--bf16", "sometimes")
+    assert result.exit_code == 2 and "--bf16 must be auto, on or off" in result.output
 
 
 def test_benchmark_table_compares_other_models_at_the_same_precision():

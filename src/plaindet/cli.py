@@ -444,6 +444,9 @@ def benchmark_cmd(
     compare: bool = typer.Option(False, "--compare", help="Add transformers' DETR-R50 and RT-DETR-R18 (random init) to the run."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibrate int8-static on this data (default: random images, speed only)."),
     keep_onnx: Optional[Path] = typer.Option(None, "--keep-onnx", help="Keep the ONNX files in this folder."),
+    bf16: str = typer.Option(
+        "auto", "--bf16", help="PyTorch bf16 rows: auto (only where the CPU has native bf16: AVX512-BF16 or AMX; elsewhere it is emulated and slow), on, off."
+    ),
 ) -> None:
     """CPU latency (median, p90), throughput and peak memory: PyTorch fp32/bf16 and ONNX Runtime fp32/int8
     (plaindet.export.benchmark.run_benchmark).
@@ -454,10 +457,12 @@ def benchmark_cmd(
 
     if (model is None) == (weights is None):
         raise UserError("give either --model NAME or --weights CKPT")
+    if bf16 not in ("auto", "on", "off"):
+        raise UserError(f"--bf16 must be auto, on or off, not {bf16!r}")
     threads = threads or os.cpu_count() or 1
     rows = run_benchmark(
         model=model, weights=None if weights is None else str(weights), size=size, batch=batch, threads=threads, runs=runs,
-        warmup=warmup, compare=compare, calib_data=None if calib_data is None else str(calib_data), workdir=keep_onnx,
+        warmup=warmup, compare=compare, calib_data=None if calib_data is None else str(calib_data), workdir=keep_onnx, bf16=bf16,
         log=lambda message: typer.echo(message, err=True),
     )  # fmt: skip
     typer.echo(format_table(rows, size=size, threads=threads, weights=weights))

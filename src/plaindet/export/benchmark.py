@@ -275,6 +275,7 @@ def run_benchmark(
     calib_data: str | None = None,
     calib_images: int = 32,
     workdir: str | os.PathLike | None = None,
+    bf16: str = "auto",
     log=print,
 ) -> list[BenchmarkRow]:
     """Measure PyTorch fp32/bf16 and ONNX Runtime fp32/int8 (and with ``compare`` the transformers
@@ -283,7 +284,14 @@ def run_benchmark(
     int8-static is calibrated on ``calib_images`` images of ``calib_data`` when given; otherwise on
     random images, which gives its speed but not its accuracy (the row says so). ``workdir`` keeps
     the ONNX files (default: a temporary folder).
+
+    ``bf16``: ``"auto"`` measures the PyTorch bf16 rows only where this CPU multiplies bf16 natively
+    (AVX512-BF16 or AMX); elsewhere bf16 is emulated, many times slower than fp32, and one model's
+    rows take minutes, so they are left out and ``log`` says why. ``"on"`` measures them anyway (the
+    note says "emulated"), ``"off"`` never.
     """
+    if bf16 not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {bf16!r}")
     if (model is None) == (weights is None):
         raise ValueError("give either a model name or a checkpoint (weights), not both")
     import numpy as np
@@ -322,18 +330,24 @@ def run_benchmark(
 
         from plaindet.engine.train import native_bf16
 
-        # Without AVX512-BF16 or AMX, bf16 is emulated: the row says so (it is measured all the same).
-        bf16_note = "autocast; weights in memory" + ("" if native_bf16(torch.device("cpu")) else "; emulated: no native bf16 on this CPU")
+        native = native_bf16(torch.device("cpu"))
+        torch_precisions = ["fp32"] + (["bf16"] if bf16 == "on" or (bf16 == "auto" and native) else [])
+        if bf16 == "auto" and not native:
+            log("bf16: not measured, this CPU has no native bf16 (no AVX512-BF16 or AMX) and emulates it many times slower than fp32 (--bf16 on measures it)")
+        # Without AVX512-BF16 or AMX, bf16 is emulated: a row measured all the same says so.
+        bf16_note = "autocast; weights in memory" + ("" if native else "; emulated: no native bf16 on this CPU")
         specs = [
-            (WorkerSpec("torch", "fp32", model=model or "", weights=weights or "", **common), "weights in memory"),
-            (WorkerSpec("torch", "bf16", model=model or "", weights=weights or "", **common), bf16_note),
+            (WorkerSpec("torch", precision, model=model or "", weights=weights or "", **common), "weights in memory" if precision == "fp32" else bf16_note)
+            for precision in torch_precisions
+        ]
+        specs += [
             (WorkerSpec("ort", "fp32", onnx=str(fp32), **common), "ONNX file"),
             (WorkerSpec("ort", "int8-dynamic", onnx=str(dynamic), **common), "ONNX file"),
             (WorkerSpec("ort", "int8-static", onnx=str(static), **common), f"ONNX file; {note}"),
         ]
         if compare:
             for ref in ("detr-r50", "rtdetr-r18"):
-                for precision in ("fp32", "bf16"):
+                for precision in torch_precisions:
                     specs.append((WorkerSpec("hf", precision, model=ref, **common), "transformers, random init"))
         log("measuring the matmul peak ...")
         peak = _run_worker(WorkerSpec("peak", "", **common))
