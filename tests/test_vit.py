@@ -174,3 +174,39 @@ def test_training_attention_path_equals_sdpa_in_values_and_gradients(dtype, case
         assert (a.double() - b).abs().max() <= 4 * tol * b.abs().max()
     with torch.no_grad():
         assert not layers._use_matmul(q, k)  # inference takes the fused kernel
+
+
+def test_quick_gelu_mlp_fused_path_equals_the_module_path_in_values_and_gradients():
+    """CLIP's MLP runs QuickGELU as silu with both 1.702 factors in the matrix products' alpha: the
+    same function, values and gradients (within float32 rounding); a LoRA-wrapped layer and an export
+    take the plain module path."""
+    from plaindet.models import layers
+
+    torch.manual_seed(0)
+    mlp = layers.Mlp(48, 192, "quick_gelu")
+    x = torch.randn(2, 37, 48, requires_grad=True)
+
+    def run(fused: bool):
+        forward = mlp._quick_gelu_forward if fused else lambda t: mlp.fc2(mlp.act(mlp.fc1(t)))
+        mlp.zero_grad()
+        x.grad = None
+        out = forward(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), x.grad.clone(), [p.grad.clone() for p in mlp.parameters()]
+
+    out, gx, gp = run(True)
+    ref, rx, rp = run(False)
+    assert out.shape == ref.shape == x.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-6)
+    for a, b in zip(gp, rp):  # sums over 74 tokens: rounding scaled by the gradient's size
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+    calls = []
+    fused = mlp._quick_gelu_forward
+    mlp._quick_gelu_forward = lambda t: calls.append("fused") or fused(t)
+    mlp(x)
+    assert calls == ["fused"]  # the plain model takes the fused path
+    mlp.fc1 = torch.nn.Sequential(mlp.fc1)  # a wrapped layer (as LoRA wraps it): the module path
+    torch.testing.assert_close(mlp(x), ref, rtol=1e-5, atol=1e-6)
+    assert calls == ["fused"]

@@ -54,11 +54,14 @@ class Normalize(nn.Module):
         return (images.float() - self.mean) / self.std
 
 
+_QUICK_GELU = 1.702
+
+
 class QuickGELU(nn.Module):
     """CLIP's GELU approximation ``x * sigmoid(1.702 x)``: OpenAI's weights were trained with it."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return x * torch.sigmoid(_QUICK_GELU * x)
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"quick_gelu": QuickGELU, "gelu": nn.GELU, "relu": nn.ReLU}
@@ -80,7 +83,23 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.act, QuickGELU) and type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear and not _exporting():
+            return self._quick_gelu_forward(x)
         return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+    def _quick_gelu_forward(self, x: Tensor) -> Tensor:
+        """The same function with QuickGELU's three elementwise passes as one: ``z sigmoid(1.702 z)`` is
+        ``silu(1.702 z) / 1.702``, and both factors ride in the matrix products' ``alpha`` for free, so
+        no weight is copied or rescaled. Plain ``nn.Linear`` layers only (a LoRA-wrapped one runs the
+        module path), and never while exporting, so ONNX graphs keep their plain products."""
+        shape = x.shape
+        z = torch.addmm(self.fc1.bias * _QUICK_GELU, x.reshape(-1, shape[-1]), self.fc1.weight.t(), alpha=_QUICK_GELU)
+        out = torch.addmm(self.fc2.bias, self.dropout(F.silu(z)), self.fc2.weight.t(), alpha=1.0 / _QUICK_GELU)
+        return out.view(*shape[:-1], out.shape[-1])
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 class LayerNorm2d(nn.Module):
