@@ -351,8 +351,11 @@ def test_benchmark_command_measures_every_backend_in_its_own_process(tmp_path):
         assert achieved[b] == pytest.approx(gflops[b] / (median[b] / 1000), rel=0.6, abs=0.2), b
         share = rows[BACKENDS.index(b)][11]
         if b[1] in peaks:  # int8 has no matmul peak measured: no share
-            # from the printed (rounded) figures: within rounding of the share, of GFLOP/s and of the peak
-            assert float(share.rstrip("%")) == pytest.approx(100 * achieved[b] / float(peaks[b[1]]), rel=0.02, abs=1.0), b
+            # From the printed figures, within their rounding: the share to 1%, GFLOP/s to 0.1 (a large
+            # error beside an emulated bf16 peak of about 1 GFLOP/s) and the peak to 3 digits.
+            peak = float(peaks[b[1]])
+            rounding = 0.5 + 100 * 0.05 / peak + 0.01 * 100 * (achieved[b] + 0.05) / peak
+            assert abs(float(share.rstrip("%")) - 100 * achieved[b] / peak) <= rounding, (b, share, achieved[b], peak)
         else:
             assert share == "-", b
     assert all(50 < rss[b] < 4000 for b in BACKENDS)  # a whole Python process, in MB
@@ -366,21 +369,25 @@ def test_benchmark_command_measures_every_backend_in_its_own_process(tmp_path):
     assert rows[4][12].endswith("random calibration: speed only")
 
 
-def test_benchmark_leaves_out_emulated_bf16_unless_asked(monkeypatch):
-    """On a CPU without native bf16 one plaindet-s bf16 row took minutes (emulated products); by
-    default those rows are left out, and the progress log says why."""
-    import plaindet.engine.train as train_module
+@pytest.mark.parametrize(("bf16", "native", "expected"), [("auto", False, ["fp32"]), ("auto", True, ["fp32", "bf16"]), ("on", False, ["fp32", "bf16"]), ("off", True, ["fp32"])])
+def test_benchmark_measures_bf16_only_where_the_cpu_has_it_unless_asked(bf16, native, expected):
+    """On a CPU without native bf16 one plaindet-s bf16 row took minutes (emulated products): by
+    default those rows are left out, and the log says why."""
+    from plaindet.export.benchmark import torch_precisions
 
-    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
-    args = ("benchmark", "--model", "plaindet-t", "--size", 32, "--runs", 1, "--warmup", 0, "--threads", 1)
-    for extra in ((), ("--bf16", "off")):
-        result = invoke(*args, *extra)
-        assert result.exit_code == 0, result.output
-        rows = [line.split()[:3] for line in result.stdout.splitlines() if line.startswith("plaindet-t ")]
-        assert [r[2] for r in rows if r[1] == "pytorch"] == ["fp32"] and len(rows) == 4, result.stdout
-        assert ("no native bf16" in result.stderr) == (not extra), result.stderr
-    result = invoke(*args, "--bf16", "sometimes")
+    said = []
+    assert torch_precisions(bf16, native, said.append) == expected
+    assert bool(said) == (bf16 == "auto" and not native)
+    assert all("no native bf16" in line and "--bf16 on" in line for line in said)
+
+
+def test_benchmark_refuses_an_unknown_bf16_setting():
+    from plaindet.export.benchmark import torch_precisions
+
+    result = invoke("benchmark", "--model", "plaindet-t", "--bf16", "sometimes")
     assert result.exit_code == 2 and "--bf16 must be auto, on or off" in result.output
+    with pytest.raises(ValueError, match="bf16 must be"):
+        torch_precisions("sometimes", True, print)
 
 
 def test_benchmark_table_compares_other_models_at_the_same_precision():

@@ -20,6 +20,7 @@ from plaindet.engine.train_config import TrainConfig
 from plaindet.engine.warm_start import class_dependent_keys, init_from_checkpoint
 from plaindet.errors import CheckpointError, TrainingInterrupted, WeightsError
 from plaindet.models.factory import list_models, model_config
+from plaindet.models.lora import has_lora
 from plaindet.weights import read_safetensors
 
 TINY = dict(image_size=64, neck_channels=32, backbone=dict(depth=2))
@@ -136,8 +137,12 @@ def test_init_from_the_same_classes_predicts_like_the_source(tmp_path, tiny_shap
         report = init_from_checkpoint(model, src_path)
         assert report.same_classes and report.reinitialized == []
         got = _predictions(model, image)
-        for a, b in zip(got, expected):
-            np.testing.assert_array_equal(a, b)
+        if not has_lora(model):
+            for a, b in zip(got, expected):
+                np.testing.assert_array_equal(a, b)
+        else:  # LoRA-wrapped MLPs run QuickGELU unfused (Mlp's module path): the same function, to float32 rounding
+            for a, b in zip(got, expected):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(b).max())))
 
 
 def test_train_with_init_reports_what_it_took(tmp_path, tiny_shapes):

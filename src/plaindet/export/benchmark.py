@@ -262,6 +262,17 @@ def _file_mb(path: str | Path) -> float:
     return Path(path).stat().st_size / 2**20
 
 
+def torch_precisions(bf16: str, native: bool, log) -> list[str]:
+    """The PyTorch precisions :func:`run_benchmark` measures for its ``bf16`` setting on a CPU that
+    does (``native``) or does not multiply bf16 in hardware; ``log`` says why bf16 is left out when
+    ``"auto"`` leaves it out."""
+    if bf16 not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {bf16!r}")
+    if bf16 == "auto" and not native:
+        log("bf16: not measured, this CPU has no native bf16 (no AVX512-BF16 or AMX) and emulates it many times slower than fp32 (--bf16 on measures it)")
+    return ["fp32"] + (["bf16"] if bf16 == "on" or (bf16 == "auto" and native) else [])
+
+
 def run_benchmark(
     *,
     model: str | None = None,
@@ -290,13 +301,14 @@ def run_benchmark(
     rows take minutes, so they are left out and ``log`` says why. ``"on"`` measures them anyway (the
     note says "emulated"), ``"off"`` never.
     """
-    if bf16 not in ("auto", "on", "off"):
-        raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {bf16!r}")
     if (model is None) == (weights is None):
         raise ValueError("give either a model name or a checkpoint (weights), not both")
     import numpy as np
     import torch
 
+    from plaindet.engine.train import native_bf16
+
+    precisions = torch_precisions(bf16, native_bf16(torch.device("cpu")), log)  # checks bf16 before the slow work
     from plaindet.export.onnx import export_onnx
     from plaindet.export.quantize import calibration_images, quantize_onnx
 
@@ -328,17 +340,11 @@ def run_benchmark(
         static = quantize_onnx(fp32, folder / "int8-static.onnx", "int8-static", calib_images=calib)
         del net
 
-        from plaindet.engine.train import native_bf16
-
-        native = native_bf16(torch.device("cpu"))
-        torch_precisions = ["fp32"] + (["bf16"] if bf16 == "on" or (bf16 == "auto" and native) else [])
-        if bf16 == "auto" and not native:
-            log("bf16: not measured, this CPU has no native bf16 (no AVX512-BF16 or AMX) and emulates it many times slower than fp32 (--bf16 on measures it)")
         # Without AVX512-BF16 or AMX, bf16 is emulated: a row measured all the same says so.
-        bf16_note = "autocast; weights in memory" + ("" if native else "; emulated: no native bf16 on this CPU")
+        bf16_note = "autocast; weights in memory" + ("" if native_bf16(torch.device("cpu")) else "; emulated: no native bf16 on this CPU")
         specs = [
             (WorkerSpec("torch", precision, model=model or "", weights=weights or "", **common), "weights in memory" if precision == "fp32" else bf16_note)
-            for precision in torch_precisions
+            for precision in precisions
         ]
         specs += [
             (WorkerSpec("ort", "fp32", onnx=str(fp32), **common), "ONNX file"),
@@ -347,7 +353,7 @@ def run_benchmark(
         ]
         if compare:
             for ref in ("detr-r50", "rtdetr-r18"):
-                for precision in torch_precisions:
+                for precision in precisions:
                     specs.append((WorkerSpec("hf", precision, model=ref, **common), "transformers, random init"))
         log("measuring the matmul peak ...")
         peak = _run_worker(WorkerSpec("peak", "", **common))
