@@ -162,19 +162,24 @@ def reference_model(name: str):
     raise ValueError(f"unknown reference model {name!r}: detr-r50, rtdetr-r18 or yolos-tiny")
 
 
-def matmul_peak(threads: int, sizes: tuple[int, ...] = (512, 1024, 2048), runs: int = 5, max_seconds: float = 0.1) -> dict[str, float]:
+def matmul_peak(
+    threads: int, sizes: tuple[int, ...] = (512, 1024, 2048), runs: int = 5, max_seconds: float = 0.1, precisions: tuple[str, ...] = ("fp32", "bf16")
+) -> dict[str, float]:
     """This machine's matrix-multiply throughput with ``threads`` intra-op threads, in GFLOP/s:
     ``{"fp32": ..., "bf16": ...}``, the best median over square products of ``sizes`` (2 n^3 FLOPs
     each). What a model's GFLOP/s is compared with: a model cannot run its products faster.
 
     Sizes are tried smallest first, and a larger one only while a product takes under
     ``max_seconds``: on a CPU without native bf16 (emulated at a few GFLOP/s) one 2048-wide bf16
-    product takes 15 s, and the measured rate no longer grows with the size there."""
+    product takes 15 s, and the measured rate no longer grows with the size there. ``precisions``:
+    which of the two to measure (the dict has those keys only)."""
     import torch
 
     torch.set_num_threads(threads)
     peak = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name not in precisions:
+            continue
         best = 0.0
         for n in sorted(sizes):
             a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
