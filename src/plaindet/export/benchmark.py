@@ -313,7 +313,8 @@ def run_benchmark(
 
     from plaindet.engine.train import native_bf16
 
-    precisions = torch_precisions(bf16, native_bf16(torch.device("cpu")), log)  # checks bf16 before the slow work
+    said: list[str] = []  # said once the model has loaded (a bad model name is the one line of a failure)
+    precisions = torch_precisions(bf16, native_bf16(torch.device("cpu")), said.append)  # refuses a bad setting before the slow work
     from plaindet.export.onnx import export_onnx
     from plaindet.export.quantize import calibration_images, quantize_onnx
 
@@ -345,6 +346,8 @@ def run_benchmark(
         static = quantize_onnx(fp32, folder / "int8-static.onnx", "int8-static", calib_images=calib)
         del net
 
+        for line in said:
+            log(line)
         # Without AVX512-BF16 or AMX, bf16 is emulated: a row measured all the same says so.
         bf16_note = "autocast; weights in memory" + ("" if native_bf16(torch.device("cpu")) else "; emulated: no native bf16 on this CPU")
         specs = [
