@@ -308,17 +308,13 @@ def run_benchmark(
     """
     if (model is None) == (weights is None):
         raise ValueError("give either a model name or a checkpoint (weights), not both")
-    import numpy as np
     import torch
 
     from plaindet.engine.train import native_bf16
 
+    native = native_bf16(torch.device("cpu"))
     said: list[str] = []  # said once the model has loaded (a bad model name is the one line of a failure)
-    precisions = torch_precisions(bf16, native_bf16(torch.device("cpu")), said.append)  # refuses a bad setting before the slow work
-    from plaindet.export.onnx import export_onnx
-    from plaindet.export.quantize import calibration_images, quantize_onnx
-
-    rows: list[BenchmarkRow] = []
+    precisions = torch_precisions(bf16, native, said.append)  # refuses a bad setting before the slow work
     common = dict(size=size, batch=batch, threads=threads, runs=runs, warmup=warmup)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(workdir or tmp)
@@ -331,25 +327,13 @@ def run_benchmark(
         logging.getLogger("plaindet").setLevel(logging.ERROR)
         net = plaindet.load(weights) if weights else plaindet.create_model(model)
         label = model or net.config.name  # the model, not the file name (format_table names the file)
-        log(f"exporting {label} to ONNX at {size} px ...")
-        fp32 = export_onnx(net, folder / "fp32.onnx", image_size=size, dynamic_batch=batch > 1)
-        log("quantizing: int8-dynamic ...")
-        dynamic = quantize_onnx(fp32, folder / "int8-dynamic.onnx", "int8-dynamic")
-        if calib_data:
-            calib = calibration_images(calib_data, calib_images)
-            note = f"calibrated on {len(calib)} images of {calib_data}"
-        else:
-            rng = np.random.default_rng(0)
-            calib = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
-            note = "random calibration: speed only"
-        log(f"quantizing: int8-static ({note}) ...")
-        static = quantize_onnx(fp32, folder / "int8-static.onnx", "int8-static", calib_images=calib)
+        fp32, dynamic, static, note = _export_variants(net, label, folder, size, batch, calib_data, calib_images, log)
         del net
 
         for line in said:
             log(line)
         # Without AVX512-BF16 or AMX, bf16 is emulated: a row measured all the same says so.
-        bf16_note = "autocast; weights in memory" + ("" if native_bf16(torch.device("cpu")) else "; emulated: no native bf16 on this CPU")
+        bf16_note = "autocast; weights in memory" + ("" if native else "; emulated: no native bf16 on this CPU")
         specs = [
             (WorkerSpec("torch", precision, model=model or "", weights=weights or "", **common), "weights in memory" if precision == "fp32" else bf16_note)
             for precision in precisions
@@ -363,24 +347,54 @@ def run_benchmark(
             for ref in ("detr-r50", "rtdetr-r18"):
                 for precision in precisions:
                     specs.append((WorkerSpec("hf", precision, model=ref, **common), "transformers, random init"))
-        log("measuring the matmul peak ...")
-        peak = _run_worker(WorkerSpec("peak", "", **common))
-        model_flops = None  # the PyTorch model's, for the ONNX rows of the same graph
-        for spec, row_note in specs:
-            log(f"measuring {spec.model or label} {spec.backend} {spec.precision} ...")
-            result = _run_worker(spec)
-            name = spec.model if spec.backend == "hf" else label
-            backend = "onnxruntime" if spec.backend == "ort" else "pytorch"
-            size_mb = _file_mb(spec.onnx) if spec.backend == "ort" else result["weights_mb"]
-            if spec.backend == "torch" and spec.precision == "fp32":
-                model_flops = result["flops"]
-            flops = model_flops if spec.backend == "ort" else result["flops"]
-            rows.append(
-                BenchmarkRow(
-                    name, backend, spec.precision, result["times"], batch, result["peak_rss_mb"], size_mb, row_note,
-                    flops=flops, peak_gflops=peak.get(spec.precision),
-                )
-            )  # fmt: skip
+        return _measure_rows(specs, label, batch, common, log)
+
+
+def _export_variants(net, label: str, folder: Path, size: int, batch: int, calib_data: str | None, calib_images: int, log) -> tuple[Path, Path, Path, str]:
+    """:func:`run_benchmark`'s first phase: ``net`` as fp32, int8-dynamic and int8-static ONNX files in
+    ``folder``, and the note saying what int8-static was calibrated on."""
+    import numpy as np
+
+    from plaindet.export.onnx import export_onnx
+    from plaindet.export.quantize import calibration_images, quantize_onnx
+
+    log(f"exporting {label} to ONNX at {size} px ...")
+    fp32 = export_onnx(net, folder / "fp32.onnx", image_size=size, dynamic_batch=batch > 1)
+    log("quantizing: int8-dynamic ...")
+    dynamic = quantize_onnx(fp32, folder / "int8-dynamic.onnx", "int8-dynamic")
+    if calib_data:
+        calib = calibration_images(calib_data, calib_images)
+        note = f"calibrated on {len(calib)} images of {calib_data}"
+    else:
+        rng = np.random.default_rng(0)
+        calib = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
+        note = "random calibration: speed only"
+    log(f"quantizing: int8-static ({note}) ...")
+    static = quantize_onnx(fp32, folder / "int8-static.onnx", "int8-static", calib_images=calib)
+    return fp32, dynamic, static, note
+
+
+def _measure_rows(specs: list[tuple[WorkerSpec, str]], label: str, batch: int, common: dict, log) -> list[BenchmarkRow]:
+    """:func:`run_benchmark`'s second phase: the matmul peak, then each spec in its own process, as rows."""
+    log("measuring the matmul peak ...")
+    peak = _run_worker(WorkerSpec("peak", "", **common))
+    rows: list[BenchmarkRow] = []
+    model_flops = None  # the PyTorch model's, for the ONNX rows of the same graph
+    for spec, row_note in specs:
+        log(f"measuring {spec.model or label} {spec.backend} {spec.precision} ...")
+        result = _run_worker(spec)
+        name = spec.model if spec.backend == "hf" else label
+        backend = "onnxruntime" if spec.backend == "ort" else "pytorch"
+        size_mb = _file_mb(spec.onnx) if spec.backend == "ort" else result["weights_mb"]
+        if spec.backend == "torch" and spec.precision == "fp32":
+            model_flops = result["flops"]
+        flops = model_flops if spec.backend == "ort" else result["flops"]
+        rows.append(
+            BenchmarkRow(
+                name, backend, spec.precision, result["times"], batch, result["peak_rss_mb"], size_mb, row_note,
+                flops=flops, peak_gflops=peak.get(spec.precision),
+            )
+        )  # fmt: skip
     return rows
 
 
