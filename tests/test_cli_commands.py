@@ -39,7 +39,9 @@ def small_train(tiny_shapes, out, *options):
 
 
 def _steps(run) -> list[dict]:
-    return [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    """The run's step rows without their timings (``step_s``, ``data_s``: wall-clock seconds)."""
+    rows = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("step_s", "data_s")} for r in rows]
 
 
 def _epochs(run) -> list[dict]:

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -57,6 +58,10 @@ def test_one_epoch_writes_a_complete_run(tmp_path, tiny_shapes, capsys):
     assert record["epoch"] == 1 and record["step"] == 4  # 16 images, batches of 4
     assert np.isfinite(record["loss"]) and 0.0 <= record["AP"] <= 1.0
     assert epochs == [record] and best["epoch"] == 1
+    # Every step's wall time and its wait for batches; the epoch's share of waiting.
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["data_s"] <= r["step_s"] for r in steps)
+    assert record["data_wait"] == pytest.approx(sum(r["data_s"] for r in steps) / sum(r["step_s"] for r in steps), abs=1e-4)
 
     for name in ("best.safetensors", "last.safetensors"):
         model = plaindet.load(out / name)
@@ -347,3 +352,25 @@ def test_a_compiler_that_fails_leaves_an_eager_run(tmp_path, tiny_shapes, monkey
     assert _losses(fallback) == _losses(eager)  # exactly the eager run
     warnings = [r.getMessage() for r in caplog.records if "compile" in r.getMessage()]
     assert warnings == ["compile: torch.compile failed (RuntimeError: InvalidCxxCompiler: No working C++ compiler found); training continues eagerly"]
+
+
+def test_a_slow_loader_is_measured_and_named_in_a_warning(tmp_path, tiny_shapes, monkeypatch, caplog):
+    from plaindet.data import transforms
+
+    item = transforms.TransformedDataset.__getitem__
+
+    def slow_item(self, i):
+        time.sleep(0.05)  # a loader slower than the model: 0.2 s per batch of 4
+        return item(self, i)
+
+    monkeypatch.setattr(transforms.TransformedDataset, "__getitem__", slow_item)
+    cfg = TrainConfig(model="plaindet-t", data=str(tiny_shapes), val_split="valid", out=str(tmp_path / "run"), epochs=1, batch_size=4, image_size=64, amp="off", eval_every=0)
+    records = []
+    with caplog.at_level("WARNING", logger="plaindet"):
+        train(cfg, on_epoch=records.append)
+
+    (record,) = records
+    steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert all(r["data_s"] >= 0.2 for r in steps)
+    assert record["data_wait"] > 0.1
+    assert "waited for data" in caplog.text and "workers=0" in caplog.text and "--workers" in caplog.text

@@ -60,6 +60,7 @@ class DemoSettings:
     image_size: int = 256
     window_size: int = 8
     lr: float = 1e-3
+    warmup_steps: int = 100
     min_lr_ratio: float = 1.0
     quality_targets: bool = False
     eval_size: int = 320
@@ -97,6 +98,7 @@ def demo_config(settings: DemoSettings, data_dir: str | Path, out: str | Path, s
         batch_size=s.batch_size,
         image_size=s.image_size,
         lr=s.lr,
+        warmup_steps=s.warmup_steps,
         min_lr_ratio=s.min_lr_ratio,
         seed=seed,
         eval_every=0,  # the demo evaluates once, at the end: evaluation time is training time lost

@@ -210,6 +210,8 @@ def _find_resume(cfg: TrainConfig) -> Path | None:
 
 # With a time limit, the optimizer steps that fit are estimated from this many steps' speed.
 PROBE_STEPS = 10
+# An epoch whose steps waited for batches longer than this share of their time logs a warning.
+DATA_WAIT_WARN = 0.1
 
 
 def _position(progress: dict, epochs: int) -> str:
@@ -388,6 +390,8 @@ class _Run:
         self._window: list[dict[str, float]] = []  # the losses of the batches accumulated into this step
         self._window_bad = False
         self._bar = None
+        self._data_wait = 0.0  # seconds spent waiting for batches since the last optimizer step
+        self._step_end = time.time()  # when the last optimizer step ended
 
     def _train_loader(self):
         """The training split's loader: augmented, shuffled from the seed, this process's share."""
@@ -517,10 +521,14 @@ class _Run:
             self._bar = ProgressLines(total=len(self.loader), initial=first, desc=desc, every=self.cfg.log_every)
         else:
             self._bar = tqdm(total=len(self.loader), initial=first, desc=desc, leave=False, dynamic_ncols=True, disable=not self.world.is_main)
+        self._step_end, self._data_wait = time.time(), 0.0  # not the evaluation and saving before this epoch
         try:
+            asked = time.time()
             for i, batch in enumerate(self.loader, start=first):
+                self._data_wait += time.time() - asked  # the model idles while the loader works
                 yield i, batch
                 self._bar.update(1)
+                asked = time.time()
         finally:
             self._bar.close()
 
@@ -586,8 +594,11 @@ class _Run:
         p.step, p.epoch, p.batch = p.step + 1, epoch, i + 1
         window = self._window
         row = mean_over_ranks({k: sum(w[k] for w in window) / len(window) for k in window[0]}, self.world) if window else {}
+        now = time.time()
+        timing = {"step_s": now - self._step_end, "data_s": self._data_wait}  # wall time of the step, and its wait for data
+        self._step_end, self._data_wait = now, 0.0
         if self.runlog is not None:
-            self.runlog.step({"step": p.step, "epoch": epoch + 1, **row, "lr": cfg.lr * factor, "grad_norm": grad_norm, "skipped": bad})
+            self.runlog.step({"step": p.step, "epoch": epoch + 1, **row, "lr": cfg.lr * factor, "grad_norm": grad_norm, "skipped": bad, **timing})
             self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", lr=f"{cfg.lr * factor:.2e}")
         self._window, self._window_bad = [], False
 
@@ -664,8 +675,10 @@ class _Run:
         cfg, p = self.cfg, self.progress
         if not self.out_of_budget or p.batch == len(self.loader):  # the epoch is complete
             p.epoch, p.batch = epoch + 1, 0
-        losses = [r["loss"] for r in (self.runlog.steps.rows if self.runlog else []) if r.get("epoch") == epoch + 1 and "loss" in r]
+        rows = [r for r in (self.runlog.steps.rows if self.runlog else []) if r.get("epoch") == epoch + 1]
+        losses = [r["loss"] for r in rows if "loss" in r]
         record = {"epoch": epoch + 1, "step": p.step, "loss": float(np.mean(losses)) if losses else float("nan")}
+        record.update(self._data_wait_share(rows))
         finished = epoch + 1 == cfg.epochs or self.out_of_budget
         if cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or finished):
             metrics = self._evaluate()
@@ -694,6 +707,20 @@ class _Run:
             scores = [f"{k} {record[k]:.3f}" for k in ("AP", "AP50", "AP75") if record.get(k) is not None]
             print("  ".join([f"epoch {epoch + 1}/{cfg.epochs}", f"loss {record['loss']:.4f}", *scores, f"({record['time']:.0f}s)"]) + stopped, flush=True)
         return finished
+
+    def _data_wait_share(self, rows: list[dict]) -> dict:
+        """``{"data_wait": share}``: the share of this epoch's step time the model spent waiting for
+        batches (empty without timed steps); a warning names ``workers`` when it is over a tenth."""
+        step_s = sum(float(r["step_s"]) for r in rows if r.get("step_s") not in (None, ""))
+        if step_s <= 0:
+            return {}
+        share = sum(float(r["data_s"]) for r in rows if r.get("data_s") not in (None, "")) / step_s
+        if share > DATA_WAIT_WARN and self.world.is_main:
+            log.warning(
+                "the model waited for data %.0f%% of this epoch's step time (workers=%d): more workers (--workers) "
+                "or lighter augmentation would give those seconds to training", 100 * share, self.cfg.workers,
+            )  # fmt: skip
+        return {"data_wait": round(share, 4)}
 
     def elapsed(self) -> float:
         """Seconds of training so far, the time before a resume included."""
