@@ -5,7 +5,8 @@
 Trains ``plaindet demo``'s run (:func:`plaindet.demo.demo_config`: plaindet-t from random weights on
 the demo's 1,500 shapes images) for ``--minutes`` of training (``TrainConfig.time_limit``; 0: the
 settings' epochs), then evaluates the saved model on the 200 ``valid`` images at the settings'
-``eval_size``, as the demo evaluates the ``test`` images. ``--set`` changes a ``DemoSettings`` field
+``eval_size``, as the demo evaluates the ``test`` images, and the share of the training steps' wall
+time the model spent waiting for batches (the data pipeline's idle time for the model). ``--set`` changes a ``DemoSettings`` field
 (a JSON value), so two recipes are compared at the same wall-clock budget, one run each. The
 ``test`` split is never read here: the demo reports it, and no setting is chosen on it.
 """
@@ -38,6 +39,7 @@ def main() -> None:
     from plaindet.demo import DemoSettings, demo_config
     from plaindet.detections import predict_dataset
     from plaindet.engine.evaluate import evaluate_coco
+    from plaindet.engine.logs import run_data_wait
     from plaindet.engine.train import train
     from plaindet.models.factory import load_model
 
@@ -52,11 +54,12 @@ def main() -> None:
         valid = load_dataset(data, split="valid")
         model = load_model(root / "run" / "best.safetensors")
         stats = evaluate_coco(valid, predict_dataset(model, valid)).stats
+        waited = run_data_wait(root / "run")  # the model idle, waiting for batches
     label = ", ".join(args.set) or "the demo's settings"
     print(
         f"{label}: {record['step']} steps in {record['time'] / 60:.1f} min ({args.threads} threads); valid AP {stats['AP']:.3f}, "
         f"AP50 {stats['AP50']:.3f}, AP75 {stats['AP75']:.3f}, APs {stats['APs']:.3f}, APm {stats['APm']:.3f}, APl {stats['APl']:.3f} "
-        f"at {s.eval_size} px"
+        f"at {s.eval_size} px; {100 * waited:.1f}% of the step time waiting for data"
     )
 
 

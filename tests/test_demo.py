@@ -36,6 +36,7 @@ def test_demo_runs_every_stage_writes_its_outputs_and_learns(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["test_images"] == 6
     assert 0.0 <= summary["AP"] <= 1.0 and summary["wall_time_s"] > 0
+    assert 0.0 <= summary["data_wait"] < 1.0  # the share of the training steps' time spent waiting for batches
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert abs(metrics["AP"] - summary["AP"]) < 1e-12
     assert len(list((tmp_path / "samples").glob("*.png"))) == 2

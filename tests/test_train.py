@@ -374,3 +374,12 @@ def test_a_slow_loader_is_measured_and_named_in_a_warning(tmp_path, tiny_shapes,
     assert all(r["data_s"] >= 0.2 for r in steps)
     assert record["data_wait"] > 0.1
     assert "waited for data" in caplog.text and "workers=0" in caplog.text and "--workers" in caplog.text
+
+
+def test_data_wait_share_counts_only_timed_steps():
+    from plaindet.engine.logs import data_wait_share
+
+    rows = [{"step": 1, "step_s": 2.0, "data_s": 0.5}, {"step": 2, "step_s": 2.0, "data_s": 0.0}, {"step": 3, "loss": 1.0}]
+    assert data_wait_share(rows) == pytest.approx(0.125)
+    assert data_wait_share([{"step": 1, "loss": 1.0}]) is None  # a run logged before steps were timed
+    assert data_wait_share([]) is None

@@ -143,6 +143,7 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings | None = Non
     from plaindet.data.shapes import ensure_shapes
     from plaindet.detections import predict_dataset
     from plaindet.engine.evaluate import evaluate_coco, plot_pr_curves
+    from plaindet.engine.logs import run_data_wait
     from plaindet.engine.train import train
     from plaindet.errors import UserError
     from plaindet.models.factory import load_model
@@ -182,7 +183,8 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings | None = Non
     torch.manual_seed(seed)
     record: dict = {}  # the last epoch's (train returns the best one's)
     train(demo_config(s, data_dir, out / "run", seed, time_limit=time_limit), record.update)
-    console.print(f"  {record['step']} steps in {record['time'] / 60:.1f} min")
+    waited = run_data_wait(out / "run")
+    console.print(f"  {record['step']} steps in {record['time'] / 60:.1f} min ({100 * (waited or 0.0):.1f}% of the step time waiting for data)")
 
     console.rule(f"5. evaluation on the {len(test)} test images at {s.eval_size} px")
     model = load_model(out / "run" / "best.safetensors")
@@ -202,7 +204,7 @@ def run_demo(out: str | Path, seed: int = 0, settings: DemoSettings | None = Non
     elapsed = time.time() - start
     summary = {
         "AP": metrics.stats["AP"], "AP50": metrics.stats["AP50"], "AP75": metrics.stats["AP75"], "test_images": len(test),
-        "train_steps": record["step"], "precision": precision, "wall_time_s": round(elapsed, 1),
+        "train_steps": record["step"], "precision": precision, "wall_time_s": round(elapsed, 1), "data_wait": round(waited or 0.0, 4),
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     console.rule("summary")

@@ -1,7 +1,8 @@
 """What a run records: per-step and per-epoch metrics (JSON lines and CSV), TensorBoard, and plots;
 and what it shows while it runs.
 
-``steps.jsonl``/``steps.csv`` get one row per optimizer step (loss, its parts, learning rate);
+``steps.jsonl``/``steps.csv`` get one row per optimizer step (loss, its parts, learning rate, the
+step's wall time ``step_s`` and the part of it spent waiting for the batch ``data_s``);
 ``metrics.jsonl``/``metrics.csv`` one row per epoch (loss, validation AP...). A resumed run first
 cuts every log back to the checkpoint's step, so the logs of an interrupted and resumed run equal
 those of an uninterrupted one. Only the main process creates a :class:`RunLog`.
@@ -34,6 +35,19 @@ def _read_jsonl(path: Path) -> list[dict]:
             except json.JSONDecodeError:  # a line torn by a kill mid-write
                 break
     return rows
+
+
+def data_wait_share(rows: list[dict]) -> float | None:
+    """The share of the steps' wall time (``step_s``) that the model spent waiting for batches
+    (``data_s``), over step rows as :class:`RunLog` writes them; ``None`` without timed steps."""
+    timed = [r for r in rows if isinstance(r.get("step_s"), (int, float)) and isinstance(r.get("data_s"), (int, float))]
+    total = sum(r["step_s"] for r in timed)
+    return sum(r["data_s"] for r in timed) / total if total > 0 else None
+
+
+def run_data_wait(folder: str | Path) -> float | None:
+    """:func:`data_wait_share` of a run folder's ``steps.jsonl`` (``None`` without one)."""
+    return data_wait_share(_read_jsonl(Path(folder) / "steps.jsonl"))
 
 
 class _Table:

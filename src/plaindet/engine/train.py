@@ -711,10 +711,11 @@ class _Run:
     def _data_wait_share(self, rows: list[dict]) -> dict:
         """``{"data_wait": share}``: the share of this epoch's step time the model spent waiting for
         batches (empty without timed steps); a warning names ``workers`` when it is over a tenth."""
-        step_s = sum(float(r["step_s"]) for r in rows if r.get("step_s") not in (None, ""))
-        if step_s <= 0:
+        from plaindet.engine.logs import data_wait_share
+
+        share = data_wait_share(rows)
+        if share is None:
             return {}
-        share = sum(float(r["data_s"]) for r in rows if r.get("data_s") not in (None, "")) / step_s
         if share > DATA_WAIT_WARN and self.world.is_main:
             log.warning(
                 "the model waited for data %.0f%% of this epoch's step time (workers=%d): more workers (--workers) "
