@@ -24,6 +24,7 @@ import plaindet
 from plaindet.cli import app
 from plaindet.data import load_dataset
 from plaindet.detections import predict_dataset
+from plaindet.engine.logs import TIMING_KEYS
 from plaindet.engine.train_state import TrainState
 from plaindet.models.factory import count_flops, count_parameters, model_config
 from plaindet.weights import read_safetensors
@@ -39,9 +40,9 @@ def small_train(tiny_shapes, out, *options):
 
 
 def _steps(run) -> list[dict]:
-    """The run's step rows without their timings (``step_s``, ``data_s``: wall-clock seconds)."""
+    """The run's step rows without their wall-clock timings (:data:`~plaindet.engine.logs.TIMING_KEYS`)."""
     rows = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("step_s", "data_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def _epochs(run) -> list[dict]:

@@ -20,6 +20,7 @@ import yaml
 import plaindet
 from plaindet.weights import read_safetensors
 from plaindet.engine import train as train_mod
+from plaindet.engine.logs import TIMING_KEYS
 from plaindet.engine.train_state import TrainState
 from plaindet.engine.train import lr_factor, param_groups, train
 from plaindet.engine.train_config import TrainConfig
@@ -44,7 +45,9 @@ def _cfg(tiny_shapes, out, **kw) -> TrainConfig:
 
 
 def _steps(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    """The run's step rows without their wall-clock timings (:data:`~plaindet.engine.logs.TIMING_KEYS`)."""
+    rows = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

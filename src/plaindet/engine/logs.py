@@ -37,6 +37,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+# The step-row keys that hold wall-clock seconds: they differ between two runs that are otherwise equal.
+TIMING_KEYS = ("step_s", "data_s")
+
+
 def data_wait_share(rows: list[dict]) -> float | None:
     """The share of the steps' wall time (``step_s``) that the model spent waiting for batches
     (``data_s``), over step rows as :class:`RunLog` writes them; ``None`` without timed steps."""
