@@ -390,8 +390,9 @@ class _Run:
         self._window: list[dict[str, float]] = []  # the losses of the batches accumulated into this step
         self._window_bad = False
         self._bar = None
-        self._data_wait = 0.0  # seconds spent waiting for batches since the last optimizer step
-        self._step_end = time.time()  # when the last optimizer step ended
+        # Since the last optimizer step: seconds spent waiting for batches, and when it ended (both
+        # reset as each epoch starts, so evaluation and saving count as neither).
+        self._data_wait, self._step_end = 0.0, 0.0
 
     def _train_loader(self):
         """The training split's loader: augmented, shuffled from the seed, this process's share."""
@@ -521,7 +522,7 @@ class _Run:
             self._bar = ProgressLines(total=len(self.loader), initial=first, desc=desc, every=self.cfg.log_every)
         else:
             self._bar = tqdm(total=len(self.loader), initial=first, desc=desc, leave=False, dynamic_ncols=True, disable=not self.world.is_main)
-        self._step_end, self._data_wait = time.time(), 0.0  # not the evaluation and saving before this epoch
+        self._step_end, self._data_wait = time.time(), 0.0
         try:
             asked = time.time()
             for i, batch in enumerate(self.loader, start=first):
