@@ -15,7 +15,7 @@ import yaml
 
 import plaindet
 from plaindet.data import load_dataset
-from plaindet.engine.train import lr_factor, param_groups, train
+from plaindet.engine.train import PRETRAINED_BACKBONE_LR_MULT, lr_factor, param_groups, train
 from plaindet.engine.train_config import TrainConfig
 from plaindet.errors import CheckpointError
 from plaindet.ops.boxes import box_iou
@@ -144,6 +144,23 @@ def test_param_groups_skip_decay_on_vectors_and_embeddings_and_frozen_weights():
     model.set_backbone_trainable(False)
     grouped = {names[id(p)] for g in param_groups(model, cfg) for p in g["params"]}
     assert grouped and not any(n.startswith("backbone.") for n in grouped)
+
+
+def test_backbone_rate_unset_follows_the_weights_it_starts_from(tmp_path):
+    # From random weights each family's own multiplier; from trained weights (a file, or a detector
+    # through init) DETR's 0.1; set explicitly, what was set.
+    def backbone_mults(model, cfg):
+        return {g["lr_mult"] for g in param_groups(model, cfg) if g["name"].startswith("backbone")}
+
+    vit, resnet = plaindet.create_model("plaindet-t", num_classes=3), plaindet.create_model("detr-r18", num_classes=3)
+    assert backbone_mults(vit, TrainConfig()) == {0.1}
+    assert backbone_mults(resnet, TrainConfig()) == {10.0}
+    for started in ({"backbone_weights": str(tmp_path / "weights.safetensors")}, {"init": str(tmp_path / "run")}):
+        assert backbone_mults(resnet, TrainConfig(**started)) == {PRETRAINED_BACKBONE_LR_MULT}
+    assert backbone_mults(resnet, TrainConfig(backbone_lr_mult=1.0)) == {1.0}
+    names = {id(p): n for n, p in resnet.named_parameters()}
+    at_ten = {names[id(p)] for g in param_groups(resnet, TrainConfig()) if g["lr_mult"] == 10.0 for p in g["params"]}
+    assert at_ten == {n for n in names.values() if n.startswith("backbone.")}  # the whole ResNet, nothing else
 
 
 @pytest.mark.slow

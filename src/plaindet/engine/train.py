@@ -87,12 +87,30 @@ def _part(name: str) -> str:
     return "other"
 
 
+# The backbone's learning-rate multiplier when it starts from trained weights (DETR's recipe: 1e-5
+# for the backbone against 1e-4 for the rest).
+PRETRAINED_BACKBONE_LR_MULT = 0.1
+
+
+def backbone_lr_mult(model, cfg: TrainConfig) -> float:
+    """The backbone's learning-rate multiplier: ``cfg.backbone_lr_mult`` if set, else
+    :data:`PRETRAINED_BACKBONE_LR_MULT` when the backbone starts from trained weights
+    (``backbone_weights``, or a detector's checkpoint through ``init``), else the model's own
+    ``scratch_backbone_lr_mult`` (what its backbone needs from random weights)."""
+    if cfg.backbone_lr_mult is not None:
+        return cfg.backbone_lr_mult
+    if cfg.backbone_weights is not None or cfg.init:
+        return PRETRAINED_BACKBONE_LR_MULT
+    return model.scratch_backbone_lr_mult
+
+
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
     """AdamW groups by rule: no weight decay on 1-d tensors (norms, biases, scales) and on the names
     in ``model.no_weight_decay()`` (position tables, embeddings); a learning-rate multiplier per part
-    (backbone weights, LoRA adapters, neck, head; anything else at 1). Frozen weights are left out."""
+    (backbone weights, see :func:`backbone_lr_mult`; LoRA adapters, neck, head; anything else at 1).
+    Frozen weights are left out."""
     skip = model.no_weight_decay()
-    mult = {"backbone": cfg.backbone_lr_mult, "lora": cfg.lora_lr_mult, "neck": cfg.neck_lr_mult, "head": cfg.head_lr_mult, "other": 1.0}
+    mult = {"backbone": backbone_lr_mult(model, cfg), "lora": cfg.lora_lr_mult, "neck": cfg.neck_lr_mult, "head": cfg.head_lr_mult, "other": 1.0}
     groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -421,6 +439,9 @@ class _Run:
             cfg.model, sum(p.numel() for p in self.model.parameters()) / 1e6, n_train / 1e6, self.total_steps,
             cfg.batch_size * cfg.accumulate, self.world.world_size,
         )  # fmt: skip
+        if cfg.backbone_lr_mult is None and any(p.requires_grad for p in getattr(self.model, "backbone", torch.nn.Module()).parameters()):
+            source = "trained weights" if cfg.backbone_weights is not None or cfg.init else "random weights"
+            log.info("backbone from %s: learning rate x%g (--backbone-lr-mult sets it)", source, backbone_lr_mult(self.model, cfg))
         if self.total_steps < cfg.epochs * steps_per_epoch:  # max_steps ends the run (and the schedule) early
             self._warn_if_within_warmup(self.total_steps)
 

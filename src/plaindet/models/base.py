@@ -17,7 +17,9 @@ with a ``build(backbone_weights=None)`` method. The model is an ``nn.Module`` su
   ``boxes (N, 4)`` xyxy input pixels, ``labels (N,)`` int64 and ``size`` ``(h, w)``.
 - ``no_weight_decay()``: full parameter names kept free of weight decay beyond the 1-d rule
   (position tables, embeddings). Parameters named ``backbone.*`` (not LoRA adapters) learn at the
-  engine's ``backbone_lr_mult``.
+  engine's ``backbone_lr_mult``; unset, a backbone built from random weights learns at the model's
+  ``scratch_backbone_lr_mult`` times the rate (0.1 here; a family whose backbone needs another
+  rate from scratch sets its own, with the measurement behind it).
 
 :class:`DetectionModel` then gives ``predict`` and ``save``; :func:`plaindet.models.factory.load_model`
 rebuilds any saved model from its checkpoint alone.
@@ -79,6 +81,7 @@ class DetectionModel(nn.Module):
     """Base of all registered detectors: shared ``predict``, ``save`` and loading. See the module doc."""
 
     config: Any
+    scratch_backbone_lr_mult: float = 0.1
 
     @property
     def class_names(self) -> list[str]:
