@@ -471,7 +471,8 @@ class SetDetector(DetectionModel):
     validation split, 20 CPU minutes (about 245 steps) each: AP 0.000 at 0.1 (after 223 steps),
     0.010 at 1, 0.018 at 10; the mean loss over steps 141-160 20.1, 17.3 and 15.5
     (``benchmarks/bench_models_shapes.py --models detr-r18 --minutes 20 --threads 1 --split valid
-    --backbone-lr-mult M``, two runs at a time on a 2-core AVX2 EPYC).
+    --backbone-lr-mult M``, two runs at a time on a 2-core AVX2 EPYC). deperceiver-r18 the same way,
+    0.1 and 10 side by side, 158 steps each: AP 0.000 against 0.018.
     """
 
     config: Any
