@@ -158,9 +158,6 @@ def test_backbone_rate_unset_follows_the_weights_it_starts_from(tmp_path):
     for started in ({"backbone_weights": str(tmp_path / "weights.safetensors")}, {"init": str(tmp_path / "run")}):
         assert backbone_mults(resnet, TrainConfig(**started)) == {PRETRAINED_BACKBONE_LR_MULT}
     assert backbone_mults(resnet, TrainConfig(backbone_lr_mult=1.0)) == {1.0}
-    names = {id(p): n for n, p in resnet.named_parameters()}
-    at_ten = {names[id(p)] for g in param_groups(resnet, TrainConfig()) if g["lr_mult"] == 10.0 for p in g["params"]}
-    assert at_ten == {n for n in names.values() if n.startswith("backbone.")}  # the whole ResNet, nothing else
 
 
 @pytest.mark.slow

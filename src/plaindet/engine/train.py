@@ -92,16 +92,19 @@ def _part(name: str) -> str:
 PRETRAINED_BACKBONE_LR_MULT = 0.1
 
 
+def starts_trained(cfg: TrainConfig) -> bool:
+    """Whether the backbone starts from trained weights: ``backbone_weights``, or a detector's
+    checkpoint through ``init``."""
+    return cfg.backbone_weights is not None or bool(cfg.init)
+
+
 def backbone_lr_mult(model, cfg: TrainConfig) -> float:
     """The backbone's learning-rate multiplier: ``cfg.backbone_lr_mult`` if set, else
-    :data:`PRETRAINED_BACKBONE_LR_MULT` when the backbone starts from trained weights
-    (``backbone_weights``, or a detector's checkpoint through ``init``), else the model's own
+    :data:`PRETRAINED_BACKBONE_LR_MULT` when it :func:`starts_trained`, else the model's own
     ``scratch_backbone_lr_mult`` (what its backbone needs from random weights)."""
     if cfg.backbone_lr_mult is not None:
         return cfg.backbone_lr_mult
-    if cfg.backbone_weights is not None or cfg.init:
-        return PRETRAINED_BACKBONE_LR_MULT
-    return model.scratch_backbone_lr_mult
+    return PRETRAINED_BACKBONE_LR_MULT if starts_trained(cfg) else model.scratch_backbone_lr_mult
 
 
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
@@ -439,9 +442,10 @@ class _Run:
             cfg.model, sum(p.numel() for p in self.model.parameters()) / 1e6, n_train / 1e6, self.total_steps,
             cfg.batch_size * cfg.accumulate, self.world.world_size,
         )  # fmt: skip
-        if cfg.backbone_lr_mult is None and any(p.requires_grad for p in getattr(self.model, "backbone", torch.nn.Module()).parameters()):
-            source = "trained weights" if cfg.backbone_weights is not None or cfg.init else "random weights"
-            log.info("backbone from %s: learning rate x%g (--backbone-lr-mult sets it)", source, backbone_lr_mult(self.model, cfg))
+        backbone_mults = {g["lr_mult"] for g in self.optimizer.param_groups if g["name"].startswith("backbone")}
+        if cfg.backbone_lr_mult is None and backbone_mults:  # a backbone that trains, at the rate chosen for it
+            source = "trained" if starts_trained(cfg) else "random"
+            log.info("backbone from %s weights: learning rate x%g (--backbone-lr-mult sets it)", source, *backbone_mults)
         if self.total_steps < cfg.epochs * steps_per_epoch:  # max_steps ends the run (and the schedule) early
             self._warn_if_within_warmup(self.total_steps)
 

@@ -33,8 +33,8 @@ class TrainConfig:
     from random weights (see :func:`plaindet.engine.train.backbone_lr_mult`): 0.1 for a ViT (a
     random ViT updated at the neck's rate turns noisy and starves the neck; on the shapes set 300
     steps of plaindet-t gave AP 0.000 at 1.0 and 0.135 at 0.1) and 10 for the set-prediction models'
-    ResNet, which at 0.1 barely moves from its random start (detr-r18, 20 CPU minutes on the shapes
-    validation split: AP 0.000 at 0.1, 0.010 at 1, 0.018 at 10).
+    ResNet, which at 0.1 barely moves from its random start (measured: see
+    :class:`~plaindet.models.detr.SetDetector`).
 
     ``amp``: ``"auto"`` trains in bf16 autocast where the device multiplies bf16 natively (a GPU
     that supports it; a CPU with AVX512-BF16 or AMX), in fp16 on an older GPU, and in fp32 on any
