@@ -1,7 +1,7 @@
 """Every detector family on the shapes set with the same engine and the same CPU budget.
 
     python benchmarks/bench_models_shapes.py [--minutes 4 | --steps N] [--size 256] [--models plaindet-t detr-r18 ... | all]
-        [--ablate] [--split test|valid] [--set FIELD=JSON ...] [--curve-every 1]
+        [--ablate [OPTION ...]] [--skip-base] [--split test|valid] [--set FIELD=JSON ...] [--curve-every 1]
 
 Each model trains from random weights (nothing can be downloaded here) on 1,500 shapes images for
 ``--minutes`` of wall time (``TrainConfig.time_limit``), or for ``--steps`` optimizer steps (a
@@ -14,8 +14,9 @@ learning-curve evaluations included, the final evaluation not, over its steps), 
 learning curve (validation AP every ``--curve-every`` epochs).
 
 ``--ablate`` also trains every set-prediction model (detr-*, deperceiver-*) once more per
-convergence option with that option switched off (:data:`ABLATIONS`) and adds a column of AP per
-option: what the option buys at this budget. ``--set`` overrides a model-config field of every
+convergence option with that option switched off (:data:`ABLATIONS`; ``--ablate "softmax classes"
+...`` only those) and adds a column of AP per option: what the option buys at this budget.
+``--skip-base`` leaves out the run with every option on, so the columns can be split over processes. ``--set`` overrides a model-config field of every
 model run (``--set loss.classification='"softmax"'``), for screening. The learning rate is each
 family's usual one (DETR-style set-prediction models use 1e-4, the dense plaindet head 1e-3).
 """
@@ -60,16 +61,19 @@ def parse_sets(items: list[str]) -> dict:
     return overrides
 
 
-def ablation_overrides(name: str, common: dict) -> dict[str, dict]:
-    """Each :data:`ABLATIONS` option that model ``name`` has, as the config overrides of its run
-    (``common`` with the option switched off), every one checked by building its config, so a
-    combination the config refuses fails here, before any training."""
+def ablation_overrides(name: str, common: dict, options: list[str] | None = None) -> dict[str, dict]:
+    """Each :data:`ABLATIONS` option (or each of ``options``) that model ``name`` has, as the config
+    overrides of its run (``common`` with the option switched off), every one checked by building
+    its config, so a combination the config refuses fails here, before any training."""
     from plaindet.models.factory import model_config
 
+    unknown = set(options or ()) - set(ABLATIONS)
+    if unknown:
+        raise SystemExit(f"--ablate: no option {sorted(unknown)}; the options are {list(ABLATIONS)}")
     fields = {f.name for f in dataclasses.fields(model_config(name))}
     out = {}
     for option, off in ABLATIONS.items():
-        if set(off) <= fields:  # identity_init is DETR's own
+        if (not options or option in options) and set(off) <= fields:  # identity_init is DETR's own
             out[option] = merge(common, off)
             model_config(name, **out[option])
     return out
@@ -91,7 +95,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", default="test", choices=["test", "valid"], help="the split the table reports")
-    ap.add_argument("--ablate", action="store_true", help="also train each set-prediction model with each convergence option off")
+    ap.add_argument("--ablate", nargs="*", default=None, metavar="OPTION",
+                    help="also train each set-prediction model with each convergence option off (or only the OPTIONs named)")
+    ap.add_argument("--skip-base", action="store_true", help="train only the --ablate runs (to split the columns over processes)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a model-config override for every model")
     ap.add_argument("--curve-every", type=int, default=1, help="epochs between learning-curve evaluations on valid (0: none)")
     ap.add_argument("--lr", type=float, default=None, help="the peak learning rate of every model run (default: its family's, LR)")
@@ -130,26 +136,33 @@ def main() -> None:
         last = train(cfg, lambda r: curve.append((r["step"], r["AP"])) if "AP" in r else None, datasets=datasets)
         metrics = evaluate(folder, args.split, weights=Path(cfg.out) / "last.safetensors", image_size=args.size).metrics.stats
         label = f"{name} ({variant})" if variant else name
-        print(f"{label}: {last['step']} steps, {args.split} AP {metrics['AP']:.3f}; valid AP by step: "
+        print(f"{label}: {last['step']} steps, {args.split} AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}, APs {metrics['APs']:.3f}); "
+              f"{last['time'] / max(last['step'], 1):.2f} s/step; valid AP by step: "
               + ", ".join(f"{s}: {a:.3f}" for s, a in curve), flush=True)  # fmt: skip
         return {"lr": cfg.lr, "steps": last["step"], "step_s": last["time"] / max(last["step"], 1), "metrics": metrics, "curve": curve}
 
-    planned = {name: ablation_overrides(name, common) if args.ablate and name.rsplit("-", 1)[0] in SET_FAMILIES else {} for name in args.models}
+    ablate = args.ablate is not None
+    if args.skip_base and not ablate:
+        raise SystemExit("--skip-base trains only the --ablate runs: name --ablate too")
+    planned = {name: ablation_overrides(name, common, args.ablate) if ablate and name.rsplit("-", 1)[0] in SET_FAMILIES else {} for name in args.models}
     rows = []
     for name in args.models:
-        result = run(name, "", common)
+        result = None if args.skip_base else run(name, "", common)
         ablations = {option: run(name, option, overrides)["metrics"]["AP"] for option, overrides in planned[name].items()}
         rows.append((name, result, ablations))
 
-    extra = list(ABLATIONS) if args.ablate else []
+    extra = [o for o in ABLATIONS if not args.ablate or o in args.ablate] if ablate else []
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     print(f"\nshapes set, {args.size} px, batch 8, {budget} of training each, {args.threads} threads; "
           f"the 200 {args.split} images{'; ' + ', '.join(args.set) if args.set else ''}")  # fmt: skip
     print("| model | lr | steps | s/step | AP | AP50 | AP75 | APs |" + "".join(f" AP, {o} |" for o in extra))
     print("|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
     for name, r, ablations in rows:
-        m = r["metrics"]
         cells = "".join(f" {ablations[o]:.3f} |" if o in ablations else " - |" for o in extra)
+        if r is None:  # --skip-base
+            print(f"| {name} | - | - | - | - | - | - | - |{cells}")
+            continue
+        m = r["metrics"]
         print(f"| {name} | {r['lr']:g} | {r['steps']} | {r['step_s']:.2f} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} | {m['APs']:.3f} |{cells}")
 
 

@@ -509,3 +509,9 @@ def test_every_ablation_of_the_shapes_benchmark_is_a_config_the_model_accepts():
         default = to_dict(model_config(name))
         for option, overrides in planned.items():
             assert to_dict(model_config(name, **overrides)) != default, (name, option)
+    # --ablate OPTION ...: only the options named (split over processes); a misspelt one stops
+    # the benchmark before it trains anything
+    assert list(bench.ablation_overrides("detr-r18", {}, ["frozen BN", "no identity init"])) == ["frozen BN", "no identity init"]
+    assert list(bench.ablation_overrides("deperceiver-r18", {}, ["no identity init"])) == []
+    with pytest.raises(SystemExit, match="frozen bn"):
+        bench.ablation_overrides("detr-r18", {}, ["frozen bn"])
