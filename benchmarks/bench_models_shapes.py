@@ -132,8 +132,10 @@ def main() -> None:
         family = name.rsplit("-", 1)[0]
         folder_name = name if not variant else f"{name}-{variant.replace(' ', '-')}"
         cfg = dataclasses.replace(base, model=name, model_overrides=overrides, lr=args.lr or LR[family], out=str(args.out / folder_name))
-        curve: list[tuple[int, float]] = []
-        last = train(cfg, lambda r: curve.append((r["step"], r["AP"])) if "AP" in r else None, datasets=datasets)
+        records: list[dict] = []  # every epoch's record: train() returns the best one, not the last
+        train(cfg, lambda r: records.append(dict(r)), datasets=datasets)
+        last = records[-1]
+        curve = [(r["step"], r["AP"]) for r in records if "AP" in r]
         metrics = evaluate(folder, args.split, weights=Path(cfg.out) / "last.safetensors", image_size=args.size).metrics.stats
         label = f"{name} ({variant})" if variant else name
         print(f"{label}: {last['step']} steps, {args.split} AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}, APs {metrics['APs']:.3f}); "
