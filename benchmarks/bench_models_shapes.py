@@ -16,8 +16,9 @@ learning curve (validation AP every ``--curve-every`` epochs).
 ``--ablate`` also trains every set-prediction model (detr-*, deperceiver-*) once more per
 convergence option with that option switched off (:data:`ABLATIONS`; ``--ablate "softmax classes"
 ...`` only those) and adds a column of AP per option: what the option buys at this budget.
-``--skip-base`` leaves out the run with every option on, so the columns can be split over processes. ``--set`` overrides a model-config field of every
-model run (``--set loss.classification='"softmax"'``), for screening. The learning rate is each
+``--skip-base`` leaves out the run with every option on, so the columns can be split over processes.
+``--set`` overrides a model-config field of every model run (``--set loss.classification='"softmax"'``),
+for screening. The learning rate is each
 family's usual one (DETR-style set-prediction models use 1e-4, the dense plaindet head 1e-3).
 """
 
@@ -136,12 +137,12 @@ def main() -> None:
         train(cfg, lambda r: records.append(dict(r)), datasets=datasets)
         last = records[-1]
         curve = [(r["step"], r["AP"]) for r in records if "AP" in r]
+        step_s = last["time"] / max(last["step"], 1)
         metrics = evaluate(folder, args.split, weights=Path(cfg.out) / "last.safetensors", image_size=args.size).metrics.stats
         label = f"{name} ({variant})" if variant else name
         print(f"{label}: {last['step']} steps, {args.split} AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}, APs {metrics['APs']:.3f}); "
-              f"{last['time'] / max(last['step'], 1):.2f} s/step; valid AP by step: "
-              + ", ".join(f"{s}: {a:.3f}" for s, a in curve), flush=True)  # fmt: skip
-        return {"lr": cfg.lr, "steps": last["step"], "step_s": last["time"] / max(last["step"], 1), "metrics": metrics, "curve": curve}
+              f"{step_s:.2f} s/step; valid AP by step: " + ", ".join(f"{s}: {a:.3f}" for s, a in curve), flush=True)  # fmt: skip
+        return {"lr": cfg.lr, "steps": last["step"], "step_s": step_s, "metrics": metrics, "curve": curve}
 
     ablate = args.ablate is not None
     if args.skip_base and not ablate:
@@ -153,7 +154,7 @@ def main() -> None:
         ablations = {option: run(name, option, overrides)["metrics"]["AP"] for option, overrides in planned[name].items()}
         rows.append((name, result, ablations))
 
-    extra = [o for o in ABLATIONS if not args.ablate or o in args.ablate] if ablate else []
+    extra = [o for o in ABLATIONS if any(o in options for options in planned.values())]  # the columns that ran
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     print(f"\nshapes set, {args.size} px, batch 8, {budget} of training each, {args.threads} threads; "
           f"the 200 {args.split} images{'; ' + ', '.join(args.set) if args.set else ''}")  # fmt: skip
